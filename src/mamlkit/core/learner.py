@@ -1,0 +1,382 @@
+"""The shared driver of every gradient-based meta-learning algorithm.
+
+:class:`MetaLearner` owns what all algorithms of the MAML family have in common: the functional
+view of an unmodified ``nn.Module`` (``torch.func.functional_call``), the inner loop, first- vs
+second-order meta-gradients, batching over tasks (``torch.func.vmap``, a per-task loop, or chunks
+of either), the BatchNorm policy and test-time adaptation. An algorithm subclasses it and
+overrides only what is specific to it:
+
+- :meth:`MetaLearner.inner_update`: how adapted parameters move given their gradients
+  (plain SGD here; learned per-element rates in Meta-SGD, per-step rates in MAML++);
+- :meth:`MetaLearner.task_objective`: what one task contributes to the outer loss
+  (query loss after adaptation here; multi-step loss in MAML++; a Reptile or implicit surrogate).
+
+Everything works on parameter dicts, so the user's module is never cloned or patched.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
+from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
+from mamlkit.core.params import AdaptSelector, Params, named_buffers, named_params, select_names
+from mamlkit.tasks.base import TaskBatch
+
+BATCHING_MODES = ("auto", "vmap", "loop")
+"""How the tasks of a meta-batch are processed: ``vmap`` vectorises over tasks, ``loop`` runs
+one task at a time, ``auto`` picks per model and device (see :meth:`MetaLearner.batching_for`)."""
+
+Metrics = dict[str, Tensor]
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+               nn.ConvTranspose3d)
+
+
+class MetaLearner(nn.Module):
+    """Gradient-based meta-learning over an unmodified ``nn.Module`` (the shared driver).
+
+    Args:
+        model: any ``nn.Module``; its parameters are the meta-parameters (the initialisation).
+        inner_lr: inner-loop learning rate: a float for all parameters, or a ``{name: float}``
+            dict covering every adapted parameter.
+        inner_steps: gradient steps on the support set during meta-training (``>= 0``).
+        first_order: drop the second-order term of the meta-gradient (FOMAML).
+        loss: ``"mse"``, ``"cross_entropy"`` or ``loss(outputs, targets) -> scalar``.
+        adapt: which parameters adapt in the inner loop (``None`` = all; names, prefixes or a
+            predicate); the others are shared across tasks and only meta-learned.
+        batching: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :data:`BATCHING_MODES`).
+        chunk_size: process at most this many tasks at once in :meth:`meta_backward` to bound
+            memory; gradients are accumulated and equal those of the whole batch.
+        batchnorm: ``"transductive"`` (batch statistics everywhere, the paper's) or ``"module"``.
+        eval_inner_steps: adaptation steps at test time (defaults to ``inner_steps``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float | Mapping[str, float] = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        loss: str | LossFn = "mse",
+        adapt: AdaptSelector = None,
+        batching: str = "auto",
+        chunk_size: int | None = None,
+        batchnorm: str = "transductive",
+        eval_inner_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_steps("inner_steps", inner_steps)
+        if eval_inner_steps is not None:
+            _check_steps("eval_inner_steps", eval_inner_steps)
+        if batching not in BATCHING_MODES:
+            raise ValueError(f"Unknown batching {batching!r}; choose one of {BATCHING_MODES}.")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of tasks, got {chunk_size}.")
+        self.model = model
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.first_order = first_order
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn = resolve_loss(loss)
+        self.classification = is_classification(loss)
+        self.batching = batching
+        self.chunk_size = chunk_size
+        self.batchnorm = check_policy(batchnorm)
+        self.adapted_names = select_names(named_params(model), adapt)
+        self.inner_lr = self._check_inner_lr(inner_lr)
+        self._norm_mode = (ComposableNorms(batchnorm == "transductive")
+                           if has_norm_layers(model) else None)
+        self._has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
+        self._vmap_failed = False
+        self._checked_shapes: set[tuple] = set()
+
+    # ------------------------------------------------------------------ functional building blocks
+    def meta_params(self) -> Params:
+        """The model's parameters (the meta-learned initialisation) as a name -> tensor dict."""
+        return named_params(self.model)
+
+    def functional_forward(self, params: Params, x: Any) -> Any:
+        """Run the user's model with ``params`` in place of its own (buffers are the module's)."""
+        buffers = named_buffers(self.model)
+        if self._norm_mode is None:
+            return functional_call(self.model, (params, buffers), (x,))
+        if self.batchnorm == "transductive":
+            # Batch statistics only: BatchNorm's step counter is hidden (None for the call), so
+            # nothing is mutated inside a transform.
+            buffers = {n: None if n.endswith("num_batches_tracked") else b
+                       for n, b in buffers.items()}
+        with self._norm_mode:
+            return functional_call(self.model, (params, buffers), (x,))
+
+    def task_loss(self, params: Params, x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss of one task's examples under ``params``, and the model outputs."""
+        outputs = self.functional_forward(params, x)
+        if self.loss_fn is torch.nn.functional.mse_loss and outputs.shape != y.shape:
+            raise ValueError(
+                f"The model outputs shape {tuple(outputs.shape)} per task but the targets have "
+                f"shape {tuple(y.shape)}; for the MSE loss they must match (e.g. targets "
+                "[examples, 1] for a model with one output)."
+            )
+        loss = self.loss_fn(outputs, y)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(
+                f"The loss must return a scalar tensor per task, got {shape}. Reduce it (e.g. "
+                "with .mean()) over the task's examples."
+            )
+        return loss, outputs
+
+    def inner_lrs(self, step: int) -> Mapping[str, float | Tensor]:
+        """Learning rate of each adapted parameter at inner step ``step`` (algorithm hook)."""
+        return self.inner_lr
+
+    def inner_update(self, fast: Params, grads: Params, step: int) -> Params:
+        """One inner-loop update of the adapted parameters (algorithm hook; SGD here)."""
+        lrs = self.inner_lrs(step)
+        return {name: value - lrs[name] * grads[name] for name, value in fast.items()}
+
+    def inner_loop(
+        self,
+        params: Params,
+        support_x: Any,
+        support_y: Tensor,
+        steps: int,
+        first_order: bool,
+    ) -> tuple[list[Params], list[Tensor]]:
+        """Adapt ``params`` to one task's support set.
+
+        Returns the full parameter dicts after 0, 1, ..., ``steps`` updates and the support loss
+        before each update. The graph back to ``params`` is kept unless ``first_order`` (then the
+        inner gradients are treated as constants) or autograd is off.
+        """
+        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
+        fast = {n: params[n] for n in self.adapted_names}
+
+        def support_loss(fast_params: Params) -> Tensor:
+            return self.task_loss({**frozen, **fast_params}, support_x, support_y)[0]
+
+        trajectory = [params]
+        losses = []
+        for step in range(steps):
+            grads, loss = grad_and_value(support_loss)(fast)
+            if first_order:
+                grads = {n: g.detach() for n, g in grads.items()}
+            fast = self.inner_update(fast, grads, step)
+            trajectory.append({**frozen, **fast})
+            losses.append(loss)
+        return trajectory, losses
+
+    def task_objective(
+        self, params: Params, support_x: Any, support_y: Tensor, query_x: Any, query_y: Tensor
+    ) -> tuple[Tensor, Metrics]:
+        """One task's contribution to the outer loss, and its metrics (algorithm hook).
+
+        MAML: adapt on the support set, score the adapted parameters on the query set.
+        """
+        trajectory, support_losses = self.inner_loop(
+            params, support_x, support_y, self.inner_steps, self.first_order
+        )
+        loss, outputs = self.task_loss(trajectory[-1], query_x, query_y)
+        return loss, self._metrics(loss, outputs, query_y, support_losses)
+
+    def _metrics(
+        self, loss: Tensor, outputs: Tensor, targets: Tensor, support_losses: list[Tensor]
+    ) -> Metrics:
+        metrics = {"query_loss": loss.detach()}
+        if support_losses:
+            metrics["support_loss"] = support_losses[0].detach()
+        if self.classification:
+            metrics["query_accuracy"] = accuracy(outputs.detach(), targets)
+        return metrics
+
+    # ------------------------------------------------------------------ batching over tasks
+    def batching_for(self, batch: TaskBatch) -> str:
+        """The batching mode used for ``batch``.
+
+        ``auto`` picks ``vmap`` except for convolutional models on the CPU, where one task at a
+        time runs faster and in a fraction of the memory (vmapped convolutions turn into large
+        grouped convolutions that the CPU kernels handle poorly), and falls back to ``loop`` for
+        any model that ``vmap`` cannot handle.
+        """
+        if self.batching != "auto":
+            return self.batching
+        if self._vmap_failed:
+            return "loop"
+        on_cpu = batch.support_x.device.type == "cpu"
+        return "loop" if (self._has_conv and on_cpu) else "vmap"
+
+    def batched_objective(self, batch: TaskBatch, mode: str | None = None) -> tuple[Tensor, Metrics]:
+        """Per-task losses ``[tasks]`` and metrics for a batch, with the graph to the meta-params."""
+        self._check_batch(batch)
+        mode = mode or self.batching_for(batch)
+        params = self.meta_params()
+        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        if mode == "vmap":
+            try:
+                fn = vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
+                return fn(params, *args)
+            except (RuntimeError, NotImplementedError) as error:
+                if self.batching != "auto" or not _is_vmap_limitation(error):
+                    raise
+                warnings.warn(
+                    f"torch.func.vmap cannot batch this model over tasks ({error}); "
+                    "falling back to a per-task loop.", RuntimeWarning, stacklevel=2)
+                self._vmap_failed = True
+        results = [self.task_objective(params, *(a[i] for a in args))
+                   for i in range(batch.num_tasks)]
+        losses = torch.stack([loss for loss, _ in results])
+        metrics = {k: torch.stack([m[k] for _, m in results]) for k in results[0][1]}
+        return losses, metrics
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """Mean outer loss over the batch's tasks (backprop it yourself) and mean metrics."""
+        losses, metrics = self.batched_objective(batch)
+        return losses.mean(), {k: float(v.mean()) for k, v in metrics.items()}
+
+    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+        """Accumulate the meta-gradient of the batch's mean loss into ``.grad``.
+
+        Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
+        is bounded by the chunk, not the meta-batch; the accumulated gradient equals that of
+        ``meta_loss(batch)[0].backward()``. Returns the mean metrics (``loss`` included).
+        """
+        total = batch.num_tasks
+        sums: dict[str, float] = {}
+        for chunk in iterate_chunks(batch, self.chunk_size or total):
+            losses, metrics = self.batched_objective(chunk)
+            (losses.sum() / total).backward()
+            metrics = {"loss": losses.detach(), **metrics}
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v.sum())
+        return {k: v / total for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ test-time adaptation
+    def adapt(
+        self,
+        support_x: Any,
+        support_y: Tensor,
+        steps: int | None = None,
+        params: Params | None = None,
+        create_graph: bool = False,
+    ) -> Params:
+        """Adapted parameters for one task (no task dimension) after ``steps`` updates.
+
+        By default no graph is built (memory stays flat in evaluation); ``create_graph=True``
+        keeps the graph to the meta-parameters (used by RL's outer loop).
+        """
+        steps = self.eval_inner_steps if steps is None else steps
+        _check_steps("steps", steps)
+        start = self.meta_params() if params is None else params
+        if not create_graph:
+            start = {n: p.detach() for n, p in start.items()}
+        with torch.set_grad_enabled(create_graph):
+            trajectory, _ = self.inner_loop(start, support_x, support_y, steps,
+                                            first_order=not create_graph)
+        return trajectory[-1]
+
+    def predict(self, params: Params, x: Any) -> Tensor:
+        """Model outputs for ``x`` under (adapted) ``params``."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _requires_grad(params)):
+            return self.functional_forward(params, x)
+
+    def adapted_model(self, support_x: Any, support_y: Tensor, steps: int | None = None
+                      ) -> Callable[[Any], Tensor]:
+        """A callable ``x -> outputs`` of the model adapted to the given support set."""
+        params = self.adapt(support_x, support_y, steps)
+        return lambda x: self.predict(params, x)
+
+    def adaptation_curve(self, batch: TaskBatch, steps: int) -> Metrics:
+        """Query loss (and accuracy) after 0..``steps`` adaptation steps for every task.
+
+        Returns tensors of shape ``[steps + 1, tasks]``; no graph is built.
+        """
+
+        def one_task(params: Params, sx: Any, sy: Tensor, qx: Any, qy: Tensor) -> Metrics:
+            trajectory, _ = self.inner_loop(params, sx, sy, steps, first_order=True)
+            out: dict[str, list[Tensor]] = {"query_loss": []}
+            if self.classification:
+                out["query_accuracy"] = []
+            for p in trajectory:
+                loss, outputs = self.task_loss(p, qx, qy)
+                out["query_loss"].append(loss)
+                if self.classification:
+                    out["query_accuracy"].append(accuracy(outputs, qy))
+            return {k: torch.stack(v) for k, v in out.items()}
+
+        self._check_batch(batch)
+        params = {n: p.detach() for n, p in self.meta_params().items()}
+        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        with torch.no_grad():
+            if self.batching_for(batch) == "vmap":
+                result = vmap(one_task, in_dims=(None, 0, 0, 0, 0), randomness="different")(
+                    params, *args)
+                return {k: v.transpose(0, 1) for k, v in result.items()}
+            per_task = [one_task(params, *(a[i] for a in args)) for i in range(batch.num_tasks)]
+            return {k: torch.stack([r[k] for r in per_task], dim=1) for k in per_task[0]}
+
+    # ------------------------------------------------------------------ checks
+    def _check_inner_lr(self, inner_lr: float | Mapping[str, float]) -> dict[str, float]:
+        if isinstance(inner_lr, Mapping):
+            missing = [n for n in self.adapted_names if n not in inner_lr]
+            unknown = [n for n in inner_lr if n not in self.adapted_names]
+            if missing or unknown:
+                raise ValueError(
+                    f"inner_lr dict must give a rate for exactly the adapted parameters; missing "
+                    f"{missing}, not adapted or unknown {unknown}."
+                )
+            values = dict(inner_lr)
+        else:
+            values = dict.fromkeys(self.adapted_names, inner_lr)
+        for name, value in values.items():
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(
+                    f"inner_lr for {name!r} must be a positive number, got {value!r}.")
+        return values
+
+    def _check_batch(self, batch: TaskBatch) -> None:
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"Expected a mamlkit.TaskBatch, got {type(batch).__name__}.")
+        key = (tuple(batch.support_x.shape[2:]), batch.support_x.dtype, batch.support_x.device)
+        if key in self._checked_shapes:
+            return
+        try:
+            with torch.no_grad():
+                self.functional_forward(self.meta_params(), batch.support_x[0])
+        except Exception as error:  # noqa: BLE001 - re-raised with context
+            raise ValueError(
+                f"The model cannot run on this task batch's inputs: support_x has shape "
+                f"{tuple(batch.support_x.shape)} ([tasks, examples, ...]), so the model receives "
+                f"[examples, ...] = {tuple(batch.support_x.shape[1:])}. Check that the model's "
+                f"input size matches the task. Original error: {error}"
+            ) from error
+        self._checked_shapes.add(key)
+
+
+def _check_steps(name: str, steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}.")
+
+
+def _requires_grad(params: Params) -> bool:
+    return any(p.requires_grad for p in params.values())
+
+
+def _is_vmap_limitation(error: Exception) -> bool:
+    text = str(error).lower()
+    return "vmap" in text or "batching rule" in text or "batched" in text
+
+
+def iterate_chunks(batch: TaskBatch, size: int) -> Iterator[TaskBatch]:
+    """The batch's tasks in consecutive chunks of at most ``size`` tasks."""
+    for start in range(0, batch.num_tasks, size):
+        yield batch.slice(slice(start, start + size))
