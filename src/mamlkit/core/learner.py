@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
+from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
 from mamlkit.core.params import AdaptSelector, Params, named_buffers, named_params, select_names
 from mamlkit.tasks.base import TaskBatch
 

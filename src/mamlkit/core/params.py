@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Union
 
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
 """A model's parameters (or buffers) by their ``named_parameters`` name."""
 
-AdaptSelector = Union[None, str, Iterable[str], Callable[[str, Tensor], bool]]
+AdaptSelector = None | str | Iterable[str] | Callable[[str, Tensor], bool]
 """Which parameters adapt in the inner loop: ``None`` (all), a name prefix, names/prefixes, or a
 predicate ``(name, tensor) -> bool``."""
 
