@@ -1,0 +1,405 @@
+"""N-way K-shot episode sampling from data grouped by class.
+
+An *episode* (Vinyals et al. 2016, "Matching Networks for One Shot Learning"; the protocol MAML,
+Finn et al. 2017, trains and tests on) picks ``ways`` distinct classes at random, relabels them
+``0 .. ways-1`` in random order, and draws ``shots`` support and ``queries`` query examples from
+each, without replacement. :class:`EpisodeSampler` draws whole meta-batches of episodes at once:
+the class and example choices are made with one random draw each and the images are fetched with
+a single gather, so the cost per batch does not grow with a Python loop over examples.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mamlkit.tasks.base import TaskBatch
+
+Transform = Callable[[Tensor], Tensor]
+
+
+def _as_tensor(array: Tensor | np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array`` (read-only numpy/memory maps are never written)."""
+    if isinstance(array, Tensor):
+        return array
+    if not isinstance(array, np.ndarray):
+        raise TypeError(
+            f"class data must be a torch.Tensor or numpy.ndarray, got {type(array).__name__}; "
+            "convert it with torch.as_tensor(...) first."
+        )
+    if not array.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(array)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _check_dtype(data: Tensor) -> None:
+    if data.dtype != torch.uint8 and not data.is_floating_point():
+        raise TypeError(
+            f"class data has dtype {data.dtype}; EpisodeSampler expects uint8 images (scaled to "
+            "[0, 1] per batch) or floating-point features. Convert with .to(torch.uint8) or "
+            ".float()."
+        )
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """All examples in one ``[total, ...]`` tensor plus where each class starts and its size."""
+
+    flat: Tensor
+    offsets: Tensor  # [classes] int64: index of each class's first example in ``flat``
+    counts: Tensor  # [classes] int64: number of examples of each class
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def uniform(self) -> bool:
+        return bool((self.counts == self.counts[0]).all())
+
+
+def _storage_from(class_data: Any) -> _Storage:
+    """Flatten ``class_data`` (dense ``[C, E, ...]`` or a list of ``[n_c, ...]``) into storage."""
+    if isinstance(class_data, (Tensor, np.ndarray)):
+        data = _as_tensor(class_data)
+        if data.dim() < 2:
+            raise ValueError(
+                f"class data has shape {tuple(data.shape)}; expected [classes, "
+                "examples_per_class, ...]. Group the examples by class first."
+            )
+        _check_dtype(data)
+        classes, per_class = int(data.shape[0]), int(data.shape[1])
+        if classes == 0 or per_class == 0:
+            raise ValueError(f"class data of shape {tuple(data.shape)} holds no examples.")
+        flat = data.reshape(classes * per_class, *data.shape[2:])
+        counts = torch.full((classes,), per_class, dtype=torch.int64)
+        return _Storage(flat, torch.arange(classes, dtype=torch.int64) * per_class, counts)
+    if isinstance(class_data, Sequence) and not isinstance(class_data, (str, bytes)):
+        if len(class_data) == 0:
+            raise ValueError("class data is an empty list; pass at least one class.")
+        parts = [_as_tensor(part) for part in class_data]
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        dtypes = {p.dtype for p in parts}
+        if any(p.dim() < 1 for p in parts) or len(shapes) != 1 or len(dtypes) != 1:
+            raise ValueError(
+                "every class in the list must be a [n_examples, ...] tensor with the same "
+                f"example shape and dtype; got shapes {sorted(shapes)} and dtypes "
+                f"{sorted(map(str, dtypes))}."
+            )
+        _check_dtype(parts[0])
+        counts = torch.tensor([p.shape[0] for p in parts], dtype=torch.int64)
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        if empty:
+            raise ValueError(f"classes {empty[:10]} have no examples; remove them from the list.")
+        offsets = torch.cumsum(counts, 0) - counts
+        return _Storage(torch.cat(parts, 0), offsets, counts)
+    raise TypeError(
+        f"class data must be a tensor/ndarray [classes, examples, ...] or a list of per-class "
+        f"tensors, got {type(class_data).__name__}."
+    )
+
+
+def _validate_episode_shape(storage: _Storage, ways: int, shots: int, queries: int) -> None:
+    for name, value, minimum in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(
+                f"{name}={value} but an episode needs {name} >= {minimum}"
+                + (" (MAML scores the adapted model on the query set)" if name == "queries" else "")
+                + f"; pass {name}={minimum} or more."
+            )
+    if ways > storage.num_classes:
+        raise ValueError(
+            f"ways={ways} but the data has only {storage.num_classes} classes; use ways <= "
+            f"{storage.num_classes} or a split with more classes."
+        )
+    needed = shots + queries
+    too_small = torch.nonzero(storage.counts < needed).flatten()
+    if too_small.numel():
+        smallest = int(storage.counts.min())
+        raise ValueError(
+            f"shots + queries = {shots} + {queries} = {needed} examples per class are needed but "
+            f"{too_small.numel()} classes have fewer (the smallest has {smallest}; e.g. class "
+            f"{int(too_small[0])}); lower shots/queries so that shots + queries <= {smallest}, or "
+            "drop the small classes."
+        )
+
+
+def _to_float(x: Tensor) -> Tensor:
+    """uint8 images to float32 in [0, 1]; floating data unchanged."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x
+
+
+@dataclass(frozen=True)
+class EpisodeIndices:
+    """Which examples make up a set of episodes: original class ids and flat example indices.
+
+    ``classes`` is ``[tasks, ways]`` (class ``classes[t, j]`` gets label ``j`` in task ``t``) and
+    ``examples`` is ``[tasks, ways, shots + queries]`` indices into the sampler's flat storage
+    (the first ``shots`` of each row are the support examples, the rest the query examples).
+    """
+
+    classes: Tensor
+    examples: Tensor
+
+    def __len__(self) -> int:
+        return int(self.classes.shape[0])
+
+    def slice(self, sl: slice) -> EpisodeIndices:
+        """The episodes selected by ``sl``."""
+        return EpisodeIndices(self.classes[sl], self.examples[sl])
+
+
+class EpisodeSampler:
+    """Draws meta-batches of N-way K-shot classification episodes from class-grouped data.
+
+    ``class_data`` is either a dense tensor/ndarray ``[classes, examples_per_class, ...]`` (uint8
+    images or float features; memory maps work and are read lazily) or a list of per-class
+    tensors ``[n_c, ...]`` of varying length. :meth:`sample` returns a :class:`mamlkit.TaskBatch`
+    with ``support_x [tasks, ways*shots, ...]``, ``support_y [tasks, ways*shots]`` (int64 labels
+    ``0 .. ways-1``, classes in random order, examples grouped by label), and the query set
+    likewise with ``ways*queries`` examples. uint8 data arrives as float32 in ``[0, 1]``;
+    ``transform``, if given, is applied to each whole ``x`` batch ``[tasks, n, ...]`` after that.
+    ``info["classes"]`` holds the original class index of each label, ``[tasks, ways]``.
+
+    Randomness comes only from the sampler's own ``torch.Generator`` seeded with ``seed``: the same
+    seed gives the same episodes, and :meth:`state_dict` / :meth:`load_state_dict` resume a run
+    exactly. Episode protocol: Vinyals et al. 2016; used by MAML (Finn et al. 2017).
+    """
+
+    def __init__(
+        self,
+        class_data: Tensor | np.ndarray | Sequence[Tensor | np.ndarray],
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        transform: Transform | None = None,
+    ) -> None:
+        self._storage = _storage_from(class_data)
+        _validate_episode_shape(self._storage, ways, shots, queries)
+        self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
+        self.transform = transform
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        """Number of classes episodes are drawn from."""
+        return self._storage.num_classes
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """Shape of one example (e.g. ``(1, 28, 28)`` for Omniglot)."""
+        return tuple(self._storage.flat.shape[1:])
+
+    # ------------------------------------------------------------------ drawing indices
+    def draw_indices(
+        self, num_tasks: int, generator: torch.Generator | None = None
+    ) -> EpisodeIndices:
+        """Choose classes and examples for ``num_tasks`` episodes (no data is touched).
+
+        Classes: the ``ways`` largest of ``classes`` uniform keys per task, a uniformly random
+        ordered subset. Examples: likewise among each chosen class's examples; keys of positions
+        past a class's size are pushed to -1 so they are never chosen.
+        """
+        if not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}; pass e.g. 32.")
+        gen = self._generator if generator is None else generator
+        storage, k = self._storage, self.shots + self.queries
+        class_keys = torch.rand(num_tasks, storage.num_classes, generator=gen)
+        classes = class_keys.topk(self.ways, dim=1, sorted=True).indices
+        counts = storage.counts[classes]  # [tasks, ways]
+        max_count = int(storage.counts.max())
+        example_keys = torch.rand(num_tasks, self.ways, max_count, generator=gen)
+        if not storage.uniform:
+            positions = torch.arange(max_count)
+            example_keys.masked_fill_(positions >= counts.unsqueeze(-1), -1.0)
+        within = example_keys.topk(k, dim=2, sorted=True).indices
+        examples = storage.offsets[classes].unsqueeze(-1) + within
+        return EpisodeIndices(classes, examples)
+
+    # ------------------------------------------------------------------ gathering data
+    def gather(self, indices: EpisodeIndices) -> TaskBatch:
+        """The :class:`TaskBatch` for pre-drawn episode indices (one gather for all images)."""
+        tasks = len(indices)
+        shape = self.example_shape
+        x = self._storage.flat.index_select(0, indices.examples.reshape(-1))
+        x = x.reshape(tasks, self.ways, self.shots + self.queries, *shape)
+        # split before converting: the copies made by reshape are then of the compact dtype
+        support_x = _to_float(x[:, :, : self.shots].reshape(tasks, self.ways * self.shots, *shape))
+        query_x = _to_float(x[:, :, self.shots :].reshape(tasks, self.ways * self.queries, *shape))
+        if self.transform is not None:
+            support_x, query_x = self.transform(support_x), self.transform(query_x)
+        labels = torch.arange(self.ways, dtype=torch.int64)
+        support_y = labels.repeat_interleave(self.shots).expand(tasks, -1).contiguous()
+        query_y = labels.repeat_interleave(self.queries).expand(tasks, -1).contiguous()
+        return TaskBatch(support_x, support_y, query_x, query_y, info={"classes": indices.classes})
+
+    def sample(self, num_tasks: int) -> TaskBatch:
+        """A meta-batch of ``num_tasks`` fresh episodes; advances the sampler's random state."""
+        with self._lock:
+            indices = self.draw_indices(num_tasks)
+        return self.gather(indices)
+
+    # ------------------------------------------------------------------ determinism
+    def state_dict(self) -> dict[str, Any]:
+        """The random state, so that :meth:`load_state_dict` continues with the same episodes."""
+        with self._lock:
+            return {"seed": self.seed, "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next episodes are those that followed it."""
+        if "generator" not in state:
+            raise KeyError(
+                "state has no 'generator' entry; pass the dict returned by "
+                "EpisodeSampler.state_dict()."
+            )
+        with self._lock:
+            self._generator.set_state(state["generator"])
+            self.seed = int(state.get("seed", self.seed))
+
+    def fixed_episodes(self, n: int, seed: int = 0, meta_batch_size: int = 32) -> FixedEpisodes:
+        """The same ``n`` episodes every time for ``seed`` (a test set), in batches.
+
+        Drawn with a private generator, so the sampler's own random state is untouched; only the
+        indices are kept and batches are gathered as they are iterated, so 600 large episodes do
+        not have to fit in memory at once.
+        """
+        generator = torch.Generator().manual_seed(int(seed))
+        return FixedEpisodes(self, self.draw_indices(n, generator), meta_batch_size)
+
+    def stream(
+        self, num_tasks: int, prefetch: int = 2, num_batches: int | None = None
+    ) -> EpisodeStream:
+        """Iterator of meta-batches built by a background thread, ``prefetch`` batches ahead.
+
+        Yields exactly the batches that repeated :meth:`sample` calls would; after each yielded
+        batch the sampler's state is that of having sampled it, so :meth:`state_dict` resumes
+        exactly even though the thread has already drawn further batches.
+        """
+        return EpisodeStream(self, num_tasks, prefetch, num_batches)
+
+
+class FixedEpisodes:
+    """A deterministic, re-iterable set of episodes (see :meth:`EpisodeSampler.fixed_episodes`)."""
+
+    def __init__(self, sampler: EpisodeSampler, indices: EpisodeIndices, meta_batch_size: int):
+        if meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}.")
+        self.sampler, self.indices, self.meta_batch_size = sampler, indices, int(meta_batch_size)
+
+    @property
+    def num_episodes(self) -> int:
+        """Total number of episodes."""
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        return -(-self.num_episodes // self.meta_batch_size)
+
+    def batch(self, i: int) -> TaskBatch:
+        """The ``i``-th meta-batch (the last one may be smaller)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} out of range for {len(self)} batches.")
+        start = i * self.meta_batch_size
+        return self.sampler.gather(self.indices.slice(slice(start, start + self.meta_batch_size)))
+
+    def __iter__(self) -> Iterator[TaskBatch]:
+        for i in range(len(self)):
+            yield self.batch(i)
+
+    def all(self) -> TaskBatch:
+        """All episodes as one batch (mind the memory for large images)."""
+        return self.sampler.gather(self.indices)
+
+
+_END = object()
+
+
+class EpisodeStream:
+    """Iterator over meta-batches prefetched by a thread (see :meth:`EpisodeSampler.stream`)."""
+
+    def __init__(
+        self, sampler: EpisodeSampler, num_tasks: int, prefetch: int, num_batches: int | None
+    ) -> None:
+        if prefetch < 1:
+            raise ValueError(
+                f"prefetch must be >= 1, got {prefetch}; call sampler.sample() for no prefetch."
+            )
+        if num_batches is not None and num_batches < 0:
+            raise ValueError(f"num_batches must be >= 0 or None (endless), got {num_batches}.")
+        if not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}; pass e.g. 32.")
+        self.sampler, self.num_tasks, self.num_batches = sampler, int(num_tasks), num_batches
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._generator = torch.Generator()
+        self._generator.set_state(sampler.state_dict()["generator"])
+        self._thread = threading.Thread(target=self._produce, daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        made = 0
+        try:
+            while not self._stop.is_set() and (self.num_batches is None or made < self.num_batches):
+                indices = self.sampler.draw_indices(self.num_tasks, self._generator)
+                state = self._generator.get_state()
+                self._put((self.sampler.gather(indices), state))
+                made += 1
+        except BaseException as error:  # surfaced to the consumer
+            self._put((error, None))
+            return
+        self._put((_END, None))
+
+    def _put(self, item: tuple[Any, Any]) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> EpisodeStream:
+        return self
+
+    def __next__(self) -> TaskBatch:
+        if self._stop.is_set():
+            raise StopIteration
+        item, state = self._queue.get()
+        if item is _END:
+            self._stop.set()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._stop.set()
+            raise item
+        self.sampler.load_state_dict({"generator": state, "seed": self.sampler.seed})
+        return item
+
+    def close(self) -> None:
+        """Stop the background thread (the sampler keeps the state of the last yielded batch)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> EpisodeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._stop.set()
