@@ -71,6 +71,13 @@ def cached_tensor(key: dict[str, Any], compute: Callable[[], Tensor],
     return tensor
 
 
+def sentence_cache_key(texts: Sequence[str], model_id: str = DEFAULT_MODEL_ID,
+                       max_length: int = 128) -> dict[str, Any]:
+    """The cache key :func:`embed_texts` stores sentence embeddings of ``texts`` under."""
+    return {"kind": "sentence", "model_id": model_id, "max_length": max_length,
+            "pooling": "mean-l2", "texts": texts_checksum(texts), "count": len(texts)}
+
+
 def embed_texts(texts: Sequence[str], encoder: PretrainedSentenceEncoder | None = None,
                 model_id: str = DEFAULT_MODEL_ID, model_dir: str | os.PathLike[str] | None = None,
                 max_length: int = 128, batch_size: int = 64,
@@ -83,8 +90,7 @@ def embed_texts(texts: Sequence[str], encoder: PretrainedSentenceEncoder | None 
     """
     if encoder is not None:
         model_id, max_length = encoder.model_id, encoder.max_length
-    key = {"kind": "sentence", "model_id": model_id, "max_length": max_length,
-           "pooling": "mean-l2", "texts": texts_checksum(texts), "count": len(texts)}
+    key = sentence_cache_key(texts, model_id, max_length)
 
     def compute() -> Tensor:
         model = encoder or PretrainedSentenceEncoder(model_dir, model_id, max_length, batch_size)

@@ -118,8 +118,8 @@ def load_fewrel(root: str | os.PathLike[str], file: str = "val_wiki",
                     f"{path}: instance {where} has no 'tokens' list of strings. Use the published "
                     "FewRel file."
                 )
-            head = _span(path, f"{where}['h']", instance.get("h"), len(tokens))
-            tail = _span(path, f"{where}['t']", instance.get("t"), len(tokens))
+            head = _span(path, f"instance {where}['h']", instance.get("h"), len(tokens))
+            tail = _span(path, f"instance {where}['t']", instance.get("t"), len(tokens))
             texts.append(mark_entities(tokens, head, tail, markers))
             labels.append(label)
     descriptions = _relation_names(path.parent / "pid2name.json", class_names, download)
