@@ -331,6 +331,33 @@ class FixedEpisodes:
 _END = object()
 
 
+def _put(items: queue.Queue, item: tuple[Any, Any], stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _produce(
+    sampler: EpisodeSampler, generator: torch.Generator, num_tasks: int,
+    num_batches: int | None, items: queue.Queue, stop: threading.Event,
+) -> None:
+    """Producer loop of :class:`EpisodeStream`: (batch, generator state after it) pairs."""
+    made = 0
+    try:
+        while not stop.is_set() and (num_batches is None or made < num_batches):
+            indices = sampler.draw_indices(num_tasks, generator)
+            state = generator.get_state()
+            _put(items, (sampler.gather(indices), state), stop)
+            made += 1
+    except BaseException as error:  # surfaced to the consumer
+        _put(items, (error, None), stop)
+        return
+    _put(items, (_END, None), stop)
+
+
 class EpisodeStream:
     """Iterator over meta-batches prefetched by a thread (see :meth:`EpisodeSampler.stream`)."""
 
@@ -350,29 +377,13 @@ class EpisodeStream:
         self._stop = threading.Event()
         self._generator = torch.Generator()
         self._generator.set_state(sampler.state_dict()["generator"])
-        self._thread = threading.Thread(target=self._produce, daemon=True)
+        # the thread gets no reference to the stream, so dropping the stream stops it (__del__)
+        self._thread = threading.Thread(
+            target=_produce,
+            args=(sampler, self._generator, self.num_tasks, num_batches, self._queue, self._stop),
+            daemon=True,
+        )
         self._thread.start()
-
-    def _produce(self) -> None:
-        made = 0
-        try:
-            while not self._stop.is_set() and (self.num_batches is None or made < self.num_batches):
-                indices = self.sampler.draw_indices(self.num_tasks, self._generator)
-                state = self._generator.get_state()
-                self._put((self.sampler.gather(indices), state))
-                made += 1
-        except BaseException as error:  # surfaced to the consumer
-            self._put((error, None))
-            return
-        self._put((_END, None))
-
-    def _put(self, item: tuple[Any, Any]) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
 
     def __iter__(self) -> EpisodeStream:
         return self
@@ -402,4 +413,6 @@ class EpisodeStream:
         self.close()
 
     def __del__(self) -> None:
-        self._stop.set()
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
