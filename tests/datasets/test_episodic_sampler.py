@@ -36,7 +36,8 @@ def test_labels_balanced_and_match_the_classes():
         assert torch.bincount(batch.query_y[t], minlength=4).tolist() == [5] * 4
         classes = batch.info["classes"][t]
         assert len(set(classes.tolist())) == 4
-        for x, y in ((batch.support_x[t], batch.support_y[t]), (batch.query_x[t], batch.query_y[t])):
+        pairs = ((batch.support_x[t], batch.support_y[t]), (batch.query_x[t], batch.query_y[t]))
+        for x, y in pairs:
             raw = torch.round(x[:, 0, 0] * 255).long()
             # each example's value encodes its class: value // per_class must be the labelled class
             assert torch.equal(raw // 10, classes[y])

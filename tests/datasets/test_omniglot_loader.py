@@ -129,7 +129,8 @@ def test_factory_gives_a_sampler_with_the_literature_defaults(omniglot_root, omn
     assert (sampler.ways, sampler.shots, sampler.queries) == (5, 1, 15)
     assert sampler.num_classes == 4400
     batch = sampler.sample(32)
-    assert batch.support_x.shape == (32, 5, 1, 28, 28) and batch.query_x.shape == (32, 75, 1, 28, 28)
+    assert batch.support_x.shape == (32, 5, 1, 28, 28)
+    assert batch.query_x.shape == (32, 75, 1, 28, 28)
     assert torch.equal(batch.query_y[0], torch.arange(5).repeat_interleave(15))
     again = omniglot_tasks(omniglot_root, split="train", seed=3, cache_dir=omniglot_cache)
     assert torch.equal(again.sample(32).query_x, batch.query_x)

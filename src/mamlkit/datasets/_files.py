@@ -45,8 +45,9 @@ def download_file(url: str, destination: Path, sha256: str | None, timeout: floa
     tmp = Path(tmp_name)
     try:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError) as error:
             raise OSError(
                 f"could not download {url}: {error}. Check the network connection, or download the "

@@ -7,9 +7,10 @@ few globals that numpy arrays need and refuses everything else with a clear erro
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
@@ -51,11 +52,20 @@ def load_data_pickle(path: Path) -> Any:
     Raises ``ValueError`` naming the file when it is truncated, not a pickle, or asks for code
     other than numpy's array reconstruction.
     """
+    with open(path, "rb") as handle:
+        return _load(handle, str(path))
+
+
+def load_data_pickle_bytes(data: bytes, where: str) -> Any:
+    """:func:`load_data_pickle` for bytes already in memory (e.g. a member of an archive)."""
+    return _load(io.BytesIO(data), where)
+
+
+def _load(handle: BinaryIO, where: str) -> Any:
     try:
-        with open(path, "rb") as handle:
-            return _normalise_keys(_NumpyOnlyUnpickler(handle, encoding="latin1").load())
+        return _normalise_keys(_NumpyOnlyUnpickler(handle, encoding="latin1").load())
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise ValueError(
-            f"{path} is not a readable data pickle ({type(error).__name__}: {error}). The file is "
+            f"{where} is not a readable data pickle ({type(error).__name__}: {error}). The file is "
             "corrupt, truncated, or not in the published format; delete it and download it again."
         ) from error

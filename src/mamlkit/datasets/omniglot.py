@@ -53,7 +53,8 @@ from mamlkit.datasets._files import (
     sha256_file,
     write_text_atomic,
 )
-from mamlkit.datasets.episodic import EpisodeSampler, Transform
+from mamlkit.datasets.class_images import ClassImages
+from mamlkit.datasets.episodic import EpisodeSampler
 
 OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 """The official source of ``images_background.zip`` and ``images_evaluation.zip``."""
@@ -75,7 +76,9 @@ RESAMPLE_FILTERS = ("lanczos", "nearest")
 VERIFY_MODES = ("download", "always")
 _CACHE_VERSION = 1
 
-_MEMBER = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/character(\d+)/([^/]+\.png)$")
+_MEMBER = re.compile(
+    r"(?:^|/)(images_background|images_evaluation)/([^/]+)/character(\d+)/([^/]+\.png)$"
+)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,8 @@ def _decode_source(source: Path, set_name: str, size: int, resample: str) -> _De
     else:
         relative = [str(p.relative_to(source.parent).as_posix()) for p in source.rglob("*.png")]
         members = _group_members(relative, set_name, source)
-        images = _decode(members, lambda m: (source.parent / m).read_bytes(), source, size, resample)
+        parent = source.parent
+        images = _decode(members, lambda m: (parent / m).read_bytes(), source, size, resample)
     return _Decoded(images, [f"{set_name}/{name}" for name, _ in members])
 
 
@@ -275,7 +279,8 @@ def paper_split_indices(
 
 def _check_rotations(rotations: Sequence[int]) -> tuple[int, ...]:
     values = tuple(int(r) for r in rotations)
-    if not values or any(r not in PAPER_ROTATIONS for r in values) or len(set(values)) != len(values):
+    valid = all(r in PAPER_ROTATIONS for r in values) and len(set(values)) == len(values)
+    if not values or not valid:
         raise ValueError(
             f"rotations={tuple(rotations)} is invalid; give distinct angles from {PAPER_ROTATIONS} "
             "(e.g. (0,) for none, (0, 90, 180, 270) for MAML's augmentation)."
@@ -283,7 +288,7 @@ def _check_rotations(rotations: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
-class Omniglot:
+class Omniglot(ClassImages):
     """Omniglot characters as classes, resized and cached; see the module docstring for splits.
 
     ``images`` is uint8 ``[classes, 20, 1, image_size, image_size]`` (ink = 255), ready for
@@ -383,19 +388,9 @@ class Omniglot:
         self.class_base = np.tile(np.arange(num_base, dtype=np.int64), len(self.rotations))
         self.num_base_classes = num_base
 
-    def __len__(self) -> int:
-        """Number of classes (rotated copies included)."""
-        return len(self.class_names)
-
     def __repr__(self) -> str:
         return (f"Omniglot(split={self.split!r}, classes={len(self)}, "
                 f"rotations={self.rotations}, images={tuple(self.images.shape)})")
-
-    def sampler(
-        self, ways: int, shots: int, queries: int, seed: int = 0, transform: Transform | None = None
-    ) -> EpisodeSampler:
-        """An :class:`EpisodeSampler` over this split's classes."""
-        return EpisodeSampler(self.images, ways, shots, queries, seed=seed, transform=transform)
 
 
 def omniglot_tasks(
