@@ -1,0 +1,143 @@
+"""ANIL: Almost No Inner Loop -- only the head adapts, on features computed once per task.
+
+Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding the
+Effectiveness of MAML", ICLR 2020. The body is frozen in the inner loop, so its output on the
+support set is the same at every inner step: we compute those features once per task and run the
+inner loop on the head alone. The features keep their graph to the body, so the outer gradient
+still reaches every body parameter (second order through the head's updates included); the
+meta-gradient is exactly MAML's with ``adapt=<head>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
+
+from mamlkit.core.learner import MetaLearner
+from mamlkit.core.params import Params, named_buffers, named_params
+
+
+def last_linear_name(model: nn.Module) -> str:
+    """Module name of the last ``nn.Linear`` in ``model.named_modules()`` order (ANIL's default head)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names or names[-1] == "":
+        raise ValueError(
+            "ANIL's default head is the model's last nn.Linear layer, but the model has no Linear "
+            "submodule. Pass head='<module name>' naming the submodule that maps features to outputs."
+        )
+    return names[-1]
+
+
+class ANIL(MetaLearner):
+    """ANIL (Raghu et al., ICLR 2020): adapt the head only, computing body features once per task.
+
+    Args:
+        model: any ``nn.Module`` whose output is ``head(features)`` for one submodule ``head``
+            that is applied last, to a single tensor (checked on the first batch).
+        head: module name of the head (``"classifier"``, ``"2"`` in an ``nn.Sequential``);
+            default: the last ``nn.Linear`` layer.
+        **kwargs: the driver's arguments (:class:`~mamlkit.core.learner.MetaLearner`), except
+            ``adapt``, which is the head's parameters by definition.
+    """
+
+    def __init__(self, model: nn.Module, *, head: str | None = None, **kwargs: Any) -> None:
+        if "adapt" in kwargs:
+            raise ValueError("ANIL adapts exactly the head's parameters; choose them with head='<module "
+                             "name>' instead of adapt=.")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        head = last_linear_name(model) if head is None else head
+        modules = dict(model.named_modules())
+        if head not in modules or head == "":
+            raise ValueError(f"head={head!r} is not a submodule of the model. Known submodules: "
+                             f"{sorted(n for n in modules if n)}")
+        if not any(True for _ in modules[head].parameters()):
+            raise ValueError(f"The head {head!r} has no parameters to adapt; name a module with "
+                             "parameters (e.g. the final nn.Linear).")
+        super().__init__(model, adapt=head, **kwargs)
+        self.head_name = head
+
+    @property
+    def head(self) -> nn.Module:
+        """The head submodule (looked up, not registered twice)."""
+        return self.model.get_submodule(self.head_name)
+
+    # ------------------------------------------------------------------ features and head
+    def features(self, params: Params, x: Any) -> Tensor:
+        """The head's input for ``x`` under ``params`` (the body's output), with its graph."""
+        with self._capture_head_input() as captured:
+            self.functional_forward(params, x)
+        return captured[0]
+
+    def head_forward(self, head_params: Params, features: Tensor) -> Tensor:
+        """The head applied to ``features`` with ``head_params`` (full names, ``head.`` prefix)."""
+        prefix = self.head_name + "."
+        local = {n[len(prefix):]: p for n, p in head_params.items()}
+        buffers = {n[len(prefix):]: b for n, b in named_buffers(self.model).items() if n.startswith(prefix)}
+        if self._norm_mode is None:
+            return functional_call(self.head, (local, buffers), (features,))
+        with self._norm_mode:
+            return functional_call(self.head, (local, buffers), (features,))
+
+    @contextmanager
+    def _capture_head_input(self) -> Iterator[list[Tensor]]:
+        captured: list[Tensor] = []
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            if len(args) != 1 or not isinstance(args[0], Tensor):
+                raise ValueError(f"ANIL needs a head called with one tensor; {self.head_name!r} got "
+                                 f"{len(args)} positional arguments. Name another head.")
+            captured.append(args[0])
+
+        handle = self.head.register_forward_pre_hook(hook)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ValueError(f"The head {self.head_name!r} ran {len(captured)} times in one forward pass; "
+                             "ANIL needs a head applied exactly once, last.")
+
+    # ------------------------------------------------------------------ the inner loop on features
+    def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
+                   first_order: bool) -> tuple[list[Params], list[Tensor]]:
+        """The driver's inner loop, on the head only: the body runs once on the support set."""
+        body = {n: p for n, p in params.items() if n not in self.adapted_names}
+        fast = {n: params[n] for n in self.adapted_names}
+        feats = self.features(params, support_x) if steps > 0 else None
+
+        def support_loss(head_params: Params) -> Tensor:
+            return self.loss_fn(self.head_forward(head_params, feats), support_y)
+
+        trajectory, losses = [params], []
+        for step in range(steps):
+            grads, loss = grad_and_value(support_loss)(fast)
+            if first_order:
+                grads = {n: g.detach() for n, g in grads.items()}
+            fast = self.inner_update(fast, grads, step)
+            trajectory.append({**body, **fast})
+            losses.append(loss)
+        return trajectory, losses
+
+    def _check_batch(self, batch: Any) -> None:
+        new = (tuple(batch.support_x.shape[2:]), batch.support_x.dtype, batch.support_x.device)
+        new = new not in self._checked_shapes
+        super()._check_batch(batch)
+        if new:
+            self._check_head_is_last(batch.support_x[0])
+
+    def _check_head_is_last(self, x: Tensor) -> None:
+        params = {n: p.detach() for n, p in named_params(self.model).items()}
+        with torch.no_grad(), self._capture_head_input() as captured:
+            outputs = self.functional_forward(params, x)
+        rebuilt = self.head_forward({n: params[n] for n in self.adapted_names}, captured[0])
+        if not isinstance(outputs, Tensor) or outputs.shape != rebuilt.shape or not torch.allclose(
+                outputs, rebuilt):
+            raise ValueError(f"The model's output is not head(features) for head={self.head_name!r}: "
+                             "ANIL needs the head to be the last module applied. Name the final "
+                             "layer (or final block) with head=.")

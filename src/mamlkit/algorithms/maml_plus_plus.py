@@ -1,0 +1,285 @@
+"""MAML++: the training tricks of "How to train your MAML", each a separate switch.
+
+Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019. The tricks, all optional:
+
+- **MSL** (multi-step loss): the outer loss is a weighted sum of the query losses after every
+  inner step; the weights start uniform and anneal towards the final step (the schedule of the
+  paper's code, :func:`msl_weights`) over ``msl_iterations``; after that only the final step counts.
+- **LSLR**: a learnable inner learning rate per adapted parameter tensor *and per step*.
+- **BNRS / BNWB**: per-step BatchNorm running statistics and per-step BatchNorm weights and
+  biases (see :mod:`mamlkit.algorithms.per_step_norm`).
+- **DA** (derivative-order annealing): first-order meta-gradients for the first
+  ``first_order_iterations`` iterations, second order afterwards.
+- **CA** (cosine annealing of the meta learning rate): :func:`cosine_meta_lr`, a scheduler for the
+  outer optimizer.
+
+Annealing needs the training iteration: the training loop calls ``learner.set_iteration(i)``
+(``i = 0, 1, ...``, the index of the meta-iteration about to run) before each meta-update. The
+schedules are expressed in whatever unit it counts; pass epochs and ``msl_iterations`` in epochs
+to reproduce the paper's per-epoch steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
+
+from mamlkit.algorithms.meta_sgd import parameter_key
+from mamlkit.algorithms.per_step_norm import PerStepNorms, batchnorm_layers, check_batchnorm_layers
+from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.params import Params, named_buffers
+from mamlkit.tasks.base import TaskBatch
+
+_STATS = "per_step_bn"
+_MIN_NON_FINAL = 0.03
+
+
+def msl_weights(steps: int, progress: float) -> list[float]:
+    """Per-step weights of the multi-step loss (the schedule of the MAML++ code).
+
+    ``progress`` is the fraction of the annealing period elapsed (iteration / msl_iterations).
+    At 0 every step weighs ``1/steps``; non-final weights decay linearly to ``0.03/steps`` and
+    the final one grows to ``1 - (steps - 1) * 0.03/steps``, reached at ``progress = 0.97``. The
+    weights always sum to 1.
+    """
+    if steps < 1:
+        raise ValueError(f"The multi-step loss needs at least one inner step, got {steps}.")
+    progress = max(0.0, float(progress))
+    floor = _MIN_NON_FINAL / steps
+    non_final = max(1.0 / steps - progress / steps, floor)
+    final = min(1.0 / steps + progress * (steps - 1) / steps, 1.0 - (steps - 1) * floor)
+    return [non_final] * (steps - 1) + [final]
+
+
+def cosine_meta_lr(optimizer: torch.optim.Optimizer, total_iterations: int,
+                   min_lr: float = 1e-5) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """MAML++'s cosine annealing of the meta learning rate (CA): call ``.step()`` once per
+    iteration (or per epoch, with ``total_iterations`` in epochs, as the paper's code does)."""
+    if total_iterations < 1:
+        raise ValueError(f"total_iterations must be >= 1, got {total_iterations}.")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_iterations, eta_min=min_lr)
+
+
+class MAMLPlusPlus(MetaLearner):
+    """MAML++ (Antoniou et al., ICLR 2019), every trick switchable alone.
+
+    Args:
+        model: any ``nn.Module``.
+        multi_step_loss: MSL on/off.
+        msl_iterations: length of the MSL annealing period (in ``set_iteration`` units); MSL
+            applies while ``iteration < msl_iterations``.
+        learn_inner_lrs: LSLR on/off; ``inner_lr`` is the initial value of every rate.
+        per_step_bn_stats: BNRS on/off; ``None``: on when the model has BatchNorm layers.
+        per_step_bn_weights: BNWB on/off; ``None``: on when the model has BatchNorm layers. The
+            per-step weights and biases are meta-learned only, so BatchNorm affine parameters leave
+            the inner loop, and the model's own BatchNorm weight and bias are unused.
+        first_order_iterations: DA: first order while ``iteration < first_order_iterations``
+            (0: never).
+        **kwargs: the driver's arguments (:class:`~mamlkit.core.learner.MetaLearner`).
+
+    Per-step quantities exist for ``max(inner_steps, eval_inner_steps)`` steps; adapting for more
+    steps reuses the last step's learning rates and BatchNorm set.
+    """
+
+    def __init__(self, model: nn.Module, *, multi_step_loss: bool = True, msl_iterations: int = 5000,
+                 learn_inner_lrs: bool = True, per_step_bn_stats: bool | None = None,
+                 per_step_bn_weights: bool | None = None, first_order_iterations: int = 0,
+                 inner_lr: float | Mapping[str, float] = 0.01, **kwargs: Any) -> None:
+        for name, value in (("msl_iterations", msl_iterations),
+                            ("first_order_iterations", first_order_iterations)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        super().__init__(model, inner_lr=inner_lr, **kwargs)
+        layers = batchnorm_layers(model)
+        self.per_step_bn_stats = bool(layers) if per_step_bn_stats is None else per_step_bn_stats
+        self.per_step_bn_weights = bool(layers) if per_step_bn_weights is None else per_step_bn_weights
+        if self.per_step_bn_stats or self.per_step_bn_weights:
+            check_batchnorm_layers(layers, self.per_step_bn_stats)
+            if self.batchnorm != "transductive":
+                raise ValueError("Per-step BatchNorm replaces the batchnorm policy; keep "
+                                 "batchnorm='transductive' or pass per_step_bn_stats=False, "
+                                 "per_step_bn_weights=False.")
+        self.multi_step_loss = multi_step_loss
+        self.msl_iterations = msl_iterations
+        self.learn_inner_lrs = learn_inner_lrs
+        self.first_order_iterations = first_order_iterations
+        self.iteration = 0
+        self.num_step_sets = max(self.inner_steps, self.eval_inner_steps, 1)
+        self._recorder: dict[str, tuple[Tensor, Tensor]] | None = None
+        params = self.meta_params()
+
+        affine = [f"{layer}.{p}" for layer, m in layers.items() for p in ("weight", "bias")
+                  if getattr(m, p, None) is not None]
+        if self.per_step_bn_weights:
+            self.adapted_names = tuple(n for n in self.adapted_names if n not in affine)
+            if not self.adapted_names:
+                raise ValueError("With per-step BatchNorm weights no adapted parameter is left; adapt more "
+                                 "than the BatchNorm layers or pass per_step_bn_weights=False.")
+            self.inner_lr = {n: self.inner_lr[n] for n in self.adapted_names}
+        self.bn_step_params = nn.ParameterDict({
+            parameter_key(name): nn.Parameter(
+                params[name].detach().unsqueeze(0).repeat(self.num_step_sets + 1, *[1] * params[name].dim()))
+            for name in (affine if self.per_step_bn_weights else [])
+        })
+        self.bn_step_stats = nn.Module()
+        self._stat_layers = list(layers) if self.per_step_bn_stats else []
+        self._momentum = {name: (m.momentum if m.momentum is not None else 0.1) for name, m in layers.items()}
+        for layer in self._stat_layers:
+            for stat in ("running_mean", "running_var"):
+                buffer = getattr(layers[layer], stat).detach()
+                self.bn_step_stats.register_buffer(
+                    parameter_key(f"{layer}.{stat}"),
+                    buffer.unsqueeze(0).repeat(self.num_step_sets + 1, 1).clone())
+        self._step_param_names = tuple(affine) if self.per_step_bn_weights else ()
+        self._step_stat_names = tuple(f"{layer}.{stat}" for layer in self._stat_layers
+                                      for stat in ("running_mean", "running_var"))
+        self.inner_lr_params = nn.ParameterDict({
+            parameter_key(name): nn.Parameter(params[name].detach().new_full(
+                (self.num_step_sets,), float(self.inner_lr[name])))
+            for name in (self.adapted_names if learn_inner_lrs else [])
+        })
+
+    # ------------------------------------------------------------------ schedules
+    def set_iteration(self, iteration: int) -> None:
+        """Tell the learner which meta-iteration is about to run (drives MSL and DA annealing)."""
+        if not isinstance(iteration, int) or iteration < 0:
+            raise ValueError(f"iteration must be an integer >= 0, got {iteration!r}.")
+        self.iteration = iteration
+
+    def uses_first_order(self) -> bool:
+        """Whether the current iteration uses first-order meta-gradients (``first_order`` or DA)."""
+        return self.first_order or self.iteration < self.first_order_iterations
+
+    def current_msl_weights(self) -> list[float] | None:
+        """The multi-step-loss weights for the current iteration, or ``None`` when MSL is off."""
+        if not (self.multi_step_loss and self.training and self.inner_steps > 0
+                and self.iteration < self.msl_iterations):
+            return None
+        return msl_weights(self.inner_steps, self.iteration / self.msl_iterations)
+
+    # ------------------------------------------------------------------ per-step pieces
+    def inner_lrs(self, step: int) -> Mapping[str, float | Tensor]:
+        """LSLR: the learned rate of each parameter at ``step`` (the initial rates without LSLR)."""
+        if not self.learn_inner_lrs:
+            return self.inner_lr
+        index = min(step, self.num_step_sets - 1)
+        return {name: self.inner_lr_params[parameter_key(name)][index] for name in self.adapted_names}
+
+    def step_entries(self, step: int) -> Params:
+        """Per-step BatchNorm weights/biases and running statistics for parameters after ``step``
+        updates, keyed by the model's parameter and buffer names."""
+        index = min(step, self.num_step_sets)
+        entries = {}
+        for name in self._step_param_names:
+            entries[name] = self.bn_step_params[parameter_key(name)][index]
+        for name in self._step_stat_names:
+            entries[name] = getattr(self.bn_step_stats, parameter_key(name))[index]
+        return entries
+
+    def functional_forward(self, params: Params, x: Any) -> Any:
+        """The driver's forward, with per-step running statistics when ``params`` carries them."""
+        stat_names = self._step_stat_names
+        stats = {n: v for n, v in params.items() if n in stat_names}
+        if not stats:
+            return super().functional_forward(params, x)
+        model_params = {n: v for n, v in params.items() if n not in stat_names}
+        buffers = {n: None if n.endswith("num_batches_tracked") else b
+                   for n, b in named_buffers(self.model).items()}
+        buffers.update(stats)
+        layer_of = {id(v): n.rsplit(".", 1)[0] for n, v in stats.items() if n.endswith("running_mean")}
+        with PerStepNorms(layer_of, use_running=not self.training, recorder=self._recorder):
+            return functional_call(self.model, (model_params, buffers), (x,))
+
+    def _recorded_loss(self, params: Params, x: Any, y: Tensor, record: bool
+                       ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        self._recorder = {} if record else None
+        try:
+            loss, outputs = self.task_loss(params, x, y)
+            recorded = self._recorder or {}
+        finally:
+            self._recorder = None
+        return loss, outputs, recorded
+
+    # ------------------------------------------------------------------ the inner loop
+    def unroll(self, params: Params, support_x: Any, support_y: Tensor, steps: int, first_order: bool,
+               record: bool = False) -> tuple[list[Params], list[Tensor], list[dict]]:
+        """Inner loop with per-step learning rates and BatchNorm; trajectory entry ``k`` carries
+        BatchNorm set ``k``. With ``record``, also the support batch statistics at each step."""
+        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
+        fast = {n: params[n] for n in self.adapted_names}
+        trajectory = [{**params, **self.step_entries(0)}]
+        losses, recorded = [], []
+        for step in range(steps):
+            entries = self.step_entries(step)
+
+            def support_loss(fast_params: Params, entries: Params = entries) -> tuple[Tensor, Any]:
+                loss, _, stats = self._recorded_loss({**frozen, **fast_params, **entries}, support_x,
+                                                     support_y, record)
+                return loss, stats
+
+            grads, (loss, stats) = grad_and_value(support_loss, has_aux=True)(fast)
+            if first_order:
+                grads = {n: g.detach() for n, g in grads.items()}
+            fast = self.inner_update(fast, grads, step)
+            trajectory.append({**frozen, **fast, **self.step_entries(step + 1)})
+            losses.append(loss)
+            recorded.append(stats)
+        return trajectory, losses, recorded
+
+    def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
+                   first_order: bool) -> tuple[list[Params], list[Tensor]]:
+        """The driver's hook: :meth:`unroll` without statistics recording."""
+        trajectory, losses, _ = self.unroll(params, support_x, support_y, steps, first_order)
+        return trajectory, losses
+
+    def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
+                       query_y: Tensor) -> tuple[Tensor, Metrics]:
+        """Query loss after the inner loop (MSL: weighted over every step), plus batch statistics
+        for the per-step running averages when training with BNRS."""
+        record = bool(self._stat_layers) and self.training
+        trajectory, support_losses, recorded = self.unroll(
+            params, support_x, support_y, self.inner_steps, self.uses_first_order(), record)
+        weights = self.current_msl_weights()
+        scored = range(1, self.inner_steps + 1) if weights is not None else [self.inner_steps]
+        total = None
+        recorded.append({})
+        for k in scored:
+            loss, outputs, stats = self._recorded_loss(trajectory[k], query_x, query_y, record)
+            weighted = loss if weights is None else weights[k - 1] * loss
+            total = weighted if total is None else total + weighted
+            for layer, pair in stats.items():  # merge with the support statistics of the same set
+                recorded[k][layer] = _average_pairs(recorded[k].get(layer), pair)
+        metrics = self._metrics(loss, outputs, query_y, support_losses)
+        for k, stats in enumerate(recorded):
+            for layer, (mean, var) in stats.items():
+                metrics[f"{_STATS}|{k}|{layer}|mean"] = mean
+                metrics[f"{_STATS}|{k}|{layer}|var"] = var
+        return total, metrics
+
+    def batched_objective(self, batch: TaskBatch, mode: str | None = None) -> tuple[Tensor, Metrics]:
+        """The driver's batching, then the per-step running statistics are updated (BNRS, training)."""
+        losses, metrics = super().batched_objective(batch, mode)
+        stats = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith(_STATS + "|")]}
+        if stats and self.training:
+            self._update_running_stats(stats)
+        return losses, metrics
+
+    @torch.no_grad()
+    def _update_running_stats(self, stats: dict[str, Tensor]) -> None:
+        for key, values in stats.items():
+            _, step, layer, kind = key.split("|")
+            stat = "running_mean" if kind == "mean" else "running_var"
+            buffer = getattr(self.bn_step_stats, parameter_key(f"{layer}.{stat}"))
+            momentum = self._momentum[layer]
+            buffer[int(step)].mul_(1 - momentum).add_(values.mean(0).to(buffer.dtype), alpha=momentum)
+
+
+def _average_pairs(first: tuple[Tensor, Tensor] | None, second: tuple[Tensor, Tensor]
+                   ) -> tuple[Tensor, Tensor]:
+    if first is None:
+        return second
+    return (first[0] + second[0]) / 2, (first[1] + second[1]) / 2
