@@ -64,6 +64,7 @@ def cached_tensor(key: dict[str, Any], compute: Callable[[], Tensor],
     os.close(fd)
     try:
         torch.save({"key": {k: str(v) for k, v in key.items()}, "tensor": tensor}, tmp)
+        Path(tmp).chmod(0o644)
         Path(tmp).replace(path)
     finally:
         if Path(tmp).exists():

@@ -60,6 +60,7 @@ def download_file(url: str, destination: Path, sha256: str) -> Path:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out)
         check_sha256(tmp_path, sha256)
+        tmp_path.chmod(0o644)  # mkstemp makes owner-only files; data files are for everyone
         tmp_path.replace(destination)
     finally:
         if tmp_path.exists():
