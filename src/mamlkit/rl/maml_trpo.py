@@ -36,6 +36,7 @@ from mamlkit.rl.sampler import TaskSampler
 from mamlkit.rl.trpo import TRPOSettings, backtracking_line_search, conjugate_gradient
 
 Grads = tuple[Tensor, ...]
+HVP_MODES = ("structured", "autograd")
 
 
 @dataclass
@@ -238,7 +239,10 @@ class MAMLTRPO:
     """Meta-trains ``policy`` on a task family with MAML's inner policy gradient and outer TRPO.
 
     ``inner_steps=0`` turns it into plain multi-task TRPO (the paper's "pretrained" baseline).
-    ``first_order=True`` drops the inner steps' Hessians (first-order MAML).
+    ``first_order=True`` drops the inner steps' Hessians (first-order MAML). ``hvp_mode``
+    picks how CG's KL-Hessian-vector products are computed: ``"structured"`` (``J^T F J`` on
+    graphs built once, see the module docstring) or ``"autograd"`` (the straightforward
+    double-differentiation of the KL through the inner step, kept as the reference).
     """
 
     def __init__(
@@ -252,7 +256,10 @@ class MAMLTRPO:
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         trpo: TRPOSettings | None = None,
+        hvp_mode: str = "structured",
     ) -> None:
+        if hvp_mode not in HVP_MODES:
+            raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {hvp_mode!r}")
         if inner_lr <= 0:
             raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
         if inner_steps < 0:
@@ -269,6 +276,7 @@ class MAMLTRPO:
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.trpo = trpo or TRPOSettings()
+        self.hvp_mode = hvp_mode
 
     def meta_parameters(self) -> Params:
         """Current meta-parameters (detached)."""
@@ -320,8 +328,15 @@ class MAMLTRPO:
         start = time.perf_counter()
         settings = self.trpo
 
-        def hvp(v: Tensor) -> Tensor:
-            return objective.hvp(v, settings.cg_damping)
+        if self.hvp_mode == "autograd":
+            reference = objective.reference_hvp_fn()
+
+            def hvp(v: Tensor) -> Tensor:
+                return reference(v, settings.cg_damping)
+        else:
+
+            def hvp(v: Tensor) -> Tensor:
+                return objective.hvp(v, settings.cg_damping)
 
         direction = conjugate_gradient(hvp, objective.gradient, settings.cg_iters)
         shs = 0.5 * torch.dot(direction, hvp(direction))
