@@ -181,6 +181,10 @@ def test_bad_data_and_arguments():
         EpisodeSampler([torch.zeros(3, 2), torch.zeros(3, 4)], 1, 1, 1)
     with pytest.raises(ValueError, match="the smallest has 2"):
         EpisodeSampler([torch.zeros(3, 2), torch.zeros(2, 2)], 2, 1, 2)
+    with pytest.raises(ValueError, match="keep it on the CPU"):
+        EpisodeSampler(torch.zeros(4, 4, 2, device="meta"), 2, 1, 1)
+    with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray"):
+        EpisodeSampler([[1.0, 2.0], [3.0, 4.0]], 1, 1, 1)
     sampler = EpisodeSampler(labelled_data(), 2, 1, 1)
     with pytest.raises(ValueError, match="num_tasks must be a positive int"):
         sampler.sample(0)

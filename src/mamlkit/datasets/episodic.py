@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,24 +25,25 @@ from mamlkit.tasks.base import TaskBatch
 Transform = Callable[[Tensor], Tensor]
 
 
-def _as_tensor(array: Tensor | np.ndarray) -> Tensor:
-    """A tensor sharing memory with ``array`` (read-only numpy/memory maps are never written)."""
+def _as_array(array: Tensor | np.ndarray) -> np.ndarray:
+    """A numpy view of CPU data (no copy; memory maps stay lazy and are never written)."""
     if isinstance(array, Tensor):
+        if array.device.type != "cpu":
+            raise ValueError(
+                f"class data is on {array.device}; keep it on the CPU (episodes are gathered "
+                "there) and move each batch with batch.to(device)."
+            )
+        return array.detach().numpy()
+    if isinstance(array, np.ndarray):
         return array
-    if not isinstance(array, np.ndarray):
-        raise TypeError(
-            f"class data must be a torch.Tensor or numpy.ndarray, got {type(array).__name__}; "
-            "convert it with torch.as_tensor(...) first."
-        )
-    if not array.flags.writeable:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(array)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    raise TypeError(
+        f"class data must be a torch.Tensor or numpy.ndarray, got {type(array).__name__}; "
+        "convert it with numpy.asarray(...) first."
+    )
 
 
-def _check_dtype(data: Tensor) -> None:
-    if data.dtype != torch.uint8 and not data.is_floating_point():
+def _check_dtype(data: np.ndarray) -> None:
+    if data.dtype != np.uint8 and not np.issubdtype(data.dtype, np.floating):
         raise TypeError(
             f"class data has dtype {data.dtype}; EpisodeSampler expects uint8 images (scaled to "
             "[0, 1] per batch) or floating-point features. Convert with .to(torch.uint8) or "
@@ -53,11 +53,15 @@ def _check_dtype(data: Tensor) -> None:
 
 @dataclass(frozen=True)
 class _Storage:
-    """All examples in one ``[total, ...]`` tensor plus where each class starts and its size."""
+    """All examples in one ``[total, ...]`` array plus where each class starts and its size.
 
-    flat: Tensor
-    offsets: Tensor  # [classes] int64: index of each class's first example in ``flat``
-    counts: Tensor  # [classes] int64: number of examples of each class
+    Kept as numpy: gathering and scaling a batch are then single-threaded memory copies, which
+    stay fast when the CPUs are busy (torch's intra-op threads can stall on a loaded machine).
+    """
+
+    flat: np.ndarray
+    offsets: np.ndarray  # [classes] int64: index of each class's first example in ``flat``
+    counts: np.ndarray  # [classes] int64: number of examples of each class
 
     @property
     def num_classes(self) -> int:
@@ -71,8 +75,8 @@ class _Storage:
 def _storage_from(class_data: Any) -> _Storage:
     """Flatten ``class_data`` (dense ``[C, E, ...]`` or a list of ``[n_c, ...]``) into storage."""
     if isinstance(class_data, (Tensor, np.ndarray)):
-        data = _as_tensor(class_data)
-        if data.dim() < 2:
+        data = _as_array(class_data)
+        if data.ndim < 2:
             raise ValueError(
                 f"class data has shape {tuple(data.shape)}; expected [classes, "
                 "examples_per_class, ...]. Group the examples by class first."
@@ -82,27 +86,27 @@ def _storage_from(class_data: Any) -> _Storage:
         if classes == 0 or per_class == 0:
             raise ValueError(f"class data of shape {tuple(data.shape)} holds no examples.")
         flat = data.reshape(classes * per_class, *data.shape[2:])
-        counts = torch.full((classes,), per_class, dtype=torch.int64)
-        return _Storage(flat, torch.arange(classes, dtype=torch.int64) * per_class, counts)
+        counts = np.full(classes, per_class, dtype=np.int64)
+        return _Storage(flat, np.arange(classes, dtype=np.int64) * per_class, counts)
     if isinstance(class_data, Sequence) and not isinstance(class_data, (str, bytes)):
         if len(class_data) == 0:
             raise ValueError("class data is an empty list; pass at least one class.")
-        parts = [_as_tensor(part) for part in class_data]
+        parts = [_as_array(part) for part in class_data]
         shapes = {tuple(p.shape[1:]) for p in parts}
         dtypes = {p.dtype for p in parts}
-        if any(p.dim() < 1 for p in parts) or len(shapes) != 1 or len(dtypes) != 1:
+        if any(p.ndim < 1 for p in parts) or len(shapes) != 1 or len(dtypes) != 1:
             raise ValueError(
                 "every class in the list must be a [n_examples, ...] tensor with the same "
                 f"example shape and dtype; got shapes {sorted(shapes)} and dtypes "
                 f"{sorted(map(str, dtypes))}."
             )
         _check_dtype(parts[0])
-        counts = torch.tensor([p.shape[0] for p in parts], dtype=torch.int64)
-        empty = torch.nonzero(counts == 0).flatten().tolist()
+        counts = np.array([p.shape[0] for p in parts], dtype=np.int64)
+        empty = np.flatnonzero(counts == 0).tolist()
         if empty:
             raise ValueError(f"classes {empty[:10]} have no examples; remove them from the list.")
-        offsets = torch.cumsum(counts, 0) - counts
-        return _Storage(torch.cat(parts, 0), offsets, counts)
+        offsets = np.cumsum(counts) - counts
+        return _Storage(np.concatenate(parts, axis=0), offsets, counts)
     raise TypeError(
         f"class data must be a tensor/ndarray [classes, examples, ...] or a list of per-class "
         f"tensors, got {type(class_data).__name__}."
@@ -125,22 +129,29 @@ def _validate_episode_shape(storage: _Storage, ways: int, shots: int, queries: i
             f"{storage.num_classes} or a split with more classes."
         )
     needed = shots + queries
-    too_small = torch.nonzero(storage.counts < needed).flatten()
-    if too_small.numel():
+    too_small = np.flatnonzero(storage.counts < needed)
+    if too_small.size:
         smallest = int(storage.counts.min())
         raise ValueError(
             f"shots + queries = {shots} + {queries} = {needed} examples per class are needed but "
-            f"{too_small.numel()} classes have fewer (the smallest has {smallest}; e.g. class "
+            f"{too_small.size} classes have fewer (the smallest has {smallest}; e.g. class "
             f"{int(too_small[0])}); lower shots/queries so that shots + queries <= {smallest}, or "
             "drop the small classes."
         )
 
 
-def _to_float(x: Tensor) -> Tensor:
-    """uint8 images to float32 in [0, 1]; floating data unchanged."""
-    if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    return x
+def _top_k(keys: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest keys along the last axis, largest first."""
+    part = np.argpartition(-keys, k - 1, axis=-1)[..., :k]
+    order = np.argsort(-np.take_along_axis(keys, part, axis=-1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, axis=-1)
+
+
+def _to_tensor(x: np.ndarray) -> Tensor:
+    """A fresh batch array as a tensor: uint8 images become float32 in [0, 1]."""
+    if x.dtype == np.uint8:
+        x = np.divide(x, np.float32(255.0), dtype=np.float32)
+    return torch.from_numpy(x)
 
 
 @dataclass(frozen=True)
@@ -166,9 +177,10 @@ class EpisodeIndices:
 class EpisodeSampler:
     """Draws meta-batches of N-way K-shot classification episodes from class-grouped data.
 
-    ``class_data`` is either a dense tensor/ndarray ``[classes, examples_per_class, ...]`` (uint8
-    images or float features; memory maps work and are read lazily) or a list of per-class
-    tensors ``[n_c, ...]`` of varying length. :meth:`sample` returns a :class:`mamlkit.TaskBatch`
+    ``class_data`` is either a dense CPU tensor/ndarray ``[classes, examples_per_class, ...]``
+    (uint8 images or float features; memory maps work and are read lazily) or a list of
+    per-class tensors ``[n_c, ...]`` of varying length. :meth:`sample` returns a
+    :class:`mamlkit.TaskBatch`
     with ``support_x [tasks, ways*shots, ...]``, ``support_y [tasks, ways*shots]`` (int64 labels
     ``0 .. ways-1``, classes in random order, examples grouped by label), and the query set
     likewise with ``ways*queries`` examples. uint8 data arrives as float32 in ``[0, 1]``;
@@ -222,28 +234,27 @@ class EpisodeSampler:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}; pass e.g. 32.")
         gen = self._generator if generator is None else generator
         storage, k = self._storage, self.shots + self.queries
-        class_keys = torch.rand(num_tasks, storage.num_classes, generator=gen)
-        classes = class_keys.topk(self.ways, dim=1, sorted=True).indices
-        counts = storage.counts[classes]  # [tasks, ways]
+        class_keys = torch.rand(num_tasks, storage.num_classes, generator=gen).numpy()
+        classes = _top_k(class_keys, self.ways)  # [tasks, ways]
         max_count = int(storage.counts.max())
-        example_keys = torch.rand(num_tasks, self.ways, max_count, generator=gen)
+        example_keys = torch.rand(num_tasks, self.ways, max_count, generator=gen).numpy()
         if not storage.uniform:
-            positions = torch.arange(max_count)
-            example_keys.masked_fill_(positions >= counts.unsqueeze(-1), -1.0)
-        within = example_keys.topk(k, dim=2, sorted=True).indices
-        examples = storage.offsets[classes].unsqueeze(-1) + within
-        return EpisodeIndices(classes, examples)
+            beyond = np.arange(max_count) >= storage.counts[classes][..., None]
+            example_keys[beyond] = -1.0
+        within = _top_k(example_keys, k)  # [tasks, ways, k]
+        examples = storage.offsets[classes][..., None] + within
+        return EpisodeIndices(torch.from_numpy(classes), torch.from_numpy(examples))
 
     # ------------------------------------------------------------------ gathering data
     def gather(self, indices: EpisodeIndices) -> TaskBatch:
         """The :class:`TaskBatch` for pre-drawn episode indices (one gather for all images)."""
         tasks = len(indices)
         shape = self.example_shape
-        x = self._storage.flat.index_select(0, indices.examples.reshape(-1))
+        x = np.take(self._storage.flat, indices.examples.numpy().reshape(-1), axis=0)
         x = x.reshape(tasks, self.ways, self.shots + self.queries, *shape)
-        # split before converting: the copies made by reshape are then of the compact dtype
-        support_x = _to_float(x[:, :, : self.shots].reshape(tasks, self.ways * self.shots, *shape))
-        query_x = _to_float(x[:, :, self.shots :].reshape(tasks, self.ways * self.queries, *shape))
+        # scaling a strided view writes a fresh contiguous array: no extra uint8 copy
+        support_x = _to_tensor(x[:, :, : self.shots]).reshape(tasks, self.ways * self.shots, *shape)
+        query_x = _to_tensor(x[:, :, self.shots :]).reshape(tasks, self.ways * self.queries, *shape)
         if self.transform is not None:
             support_x, query_x = self.transform(support_x), self.transform(query_x)
         labels = torch.arange(self.ways, dtype=torch.int64)
