@@ -71,3 +71,35 @@ def finite_difference(loss: Callable[[], float], params: list[torch.Tensor],
 def meta_loss_fd(learner: MetaLearner, batch: TaskBatch, eps: float = 1e-6) -> torch.Tensor:
     """Finite-difference meta-gradient over all of ``learner.parameters()``."""
     return finite_difference(lambda: learner.meta_loss(batch)[0].item(), list(learner.parameters()), eps)
+
+
+def directional_check(learner: MetaLearner, batch: TaskBatch, directions: int = 4, eps: float = 1e-6,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grad . v`` (analytic) and its central finite difference for random directions ``v``.
+
+    Two loss evaluations per direction instead of two per coordinate, for larger models.
+    """
+    grad = flat_grad(learner, batch)
+    params = list(learner.parameters())
+    g = torch.Generator().manual_seed(seed)
+    analytic, numeric = [], []
+    for _ in range(directions):
+        v = torch.randn(grad.numel(), generator=g, dtype=torch.float64)
+        analytic.append(grad @ v)
+        values = []
+        for sign in (1, -1):
+            offset = 0
+            with torch.no_grad():
+                for p in params:
+                    n = p.numel()
+                    p.add_(sign * eps * v[offset:offset + n].reshape(p.shape))
+                    offset += n
+            values.append(learner.meta_loss(batch)[0].item())
+            offset = 0
+            with torch.no_grad():
+                for p in params:
+                    n = p.numel()
+                    p.sub_(sign * eps * v[offset:offset + n].reshape(p.shape))
+                    offset += n
+        numeric.append((values[0] - values[1]) / (2 * eps))
+    return torch.stack(analytic), torch.tensor(numeric, dtype=torch.float64)
