@@ -230,13 +230,23 @@ def _train_phase(
                 })
 
 
-def train_rl(config: RLConfig, run_dir: str | Path, resume: bool = False) -> Path:
+def train_rl(
+    config: RLConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    phases: tuple[str, ...] = PHASES,
+) -> Path:
     """Meta-train with MAML-TRPO, then train the pretrained baseline; returns ``run_dir``.
+
+    ``phases`` picks which of ``("maml", "pretrained")`` to run (e.g. one per process).
 
     Writes ``config.json``, ``init.pt`` (the random initialisation), ``maml.pt``,
     ``pretrained.pt`` and ``metrics.csv`` (one row per meta-iteration and phase).
     """
     run_dir = Path(run_dir)
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise ValueError(f"unknown phases {unknown}; choose from {PHASES}")
     if config.threads:
         torch.set_num_threads(config.threads)
     _load_or_check_config(config, run_dir, resume)
@@ -250,7 +260,7 @@ def train_rl(config: RLConfig, run_dir: str | Path, resume: bool = False) -> Pat
         path = run_dir / f"{phase}.pt"
         keep[phase] = int(load_checkpoint(path)["iteration"]) if resume and path.exists() else -1
     _trim_csv(run_dir / "metrics.csv", keep)
-    for phase in PHASES:
+    for phase in phases:
         if config.iterations(phase) > 0:
             _train_phase(config, run_dir, phase, sampler, resume)
     return run_dir
@@ -314,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="override one RLConfig field (JSON value), e.g. --set env='\"ant-vel\"'")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to train (maml, pretrained)")
+    parser.add_argument("--no-evaluate", action="store_true")
     args = parser.parse_args(argv)
     if not args.evaluate_only:
         values: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
@@ -325,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
                 values[key] = json.loads(raw)
             except json.JSONDecodeError:
                 values[key] = raw
-        train_rl(RLConfig.from_dict(values), args.run_dir, resume=args.resume)
+        train_rl(RLConfig.from_dict(values), args.run_dir, resume=args.resume,
+                 phases=tuple(args.phases.split(",")))
+    if args.no_evaluate:
+        return
     for label, estimates in evaluate_rl(args.run_dir).items():
         print(label, " ".join(f"{k}:{e}" for k, e in enumerate(estimates)))
 
