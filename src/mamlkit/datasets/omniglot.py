@@ -42,9 +42,9 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from mamlkit.datasets._files import (
     default_cache_dir,
@@ -153,8 +153,20 @@ def _group_members(paths: Iterable[str], set_name: str, where: Path) -> list[tup
     return ordered
 
 
+def _pil_image() -> ModuleType:
+    """PIL's ``Image`` module, imported only when PNGs are decoded (a cached run needs none)."""
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "decoding the Omniglot PNGs needs Pillow; install it with `pip install pillow`."
+        ) from error
+    return Image
+
+
 def _to_array(data: bytes, size: int, resample: str) -> np.ndarray:
     """A PNG's bytes as a ``[size, size]`` uint8 image with ink = 255."""
+    Image = _pil_image()
     with Image.open(io.BytesIO(data)) as image:
         if resample == "lanczos":
             small = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
@@ -173,7 +185,7 @@ def _decode(
         for d, member in enumerate(files):
             try:
                 out[c, d] = _to_array(read(member), size, resample)
-            except (zipfile.BadZipFile, UnidentifiedImageError, OSError, ValueError) as error:
+            except (zipfile.BadZipFile, OSError, ValueError) as error:  # PIL's are OSError
                 raise ValueError(
                     f"{where}: cannot read {member} ({type(error).__name__}: {error}). The file is "
                     "corrupt: delete it and download it again (download=True)."
