@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,19 @@ def test_bad_data_and_arguments():
         sampler.load_state_dict({})
     with pytest.raises(ValueError, match="prefetch must be >= 1"):
         sampler.stream(4, prefetch=0)
+
+
+def test_closing_or_dropping_an_endless_stream_stops_its_thread():
+    sampler = EpisodeSampler(labelled_data(), 5, 1, 2, seed=0)
+    stream = sampler.stream(4, prefetch=1)
+    next(stream)
+    stream.close()
+    with pytest.raises(StopIteration):
+        next(stream)
+    dropped = sampler.stream(4, prefetch=1)
+    next(dropped)
+    thread = dropped._thread
+    del dropped
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()

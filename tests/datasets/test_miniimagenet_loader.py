@@ -94,7 +94,7 @@ def test_download_verifies_a_given_sha256_and_warns_without_one(mini_root, tmp_p
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     os.link(mini_root / "mini-imagenet-cache-test.pkl", mirror / "mini-imagenet-cache-test.pkl")
-    digest = MiniImageNet(mini_root, "test").sha256()
+    digest = MiniImageNet(mini_root, "test").file_sha256()
     data = MiniImageNet(tmp_path / "a", "test", download=True, mirror=mirror.as_uri(),
                         sha256={"test": digest})
     assert len(data) == 20

@@ -302,7 +302,9 @@ class EpisodeSampler:
 
         Yields exactly the batches that repeated :meth:`sample` calls would; after each yielded
         batch the sampler's state is that of having sampled it, so :meth:`state_dict` resumes
-        exactly even though the thread has already drawn further batches.
+        exactly even though the thread has already drawn further batches. Do not call
+        :meth:`sample` on the same sampler while a stream is open (the stream would overwrite
+        that state); ``num_batches=None`` streams until :meth:`EpisodeStream.close`.
         """
         return EpisodeStream(self, num_tasks, prefetch, num_batches)
 

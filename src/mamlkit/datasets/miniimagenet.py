@@ -166,7 +166,7 @@ class MiniImageNet(ClassImages):
         self.class_names: list[str] = names
         self.images = images
 
-    def sha256(self) -> str:
+    def file_sha256(self) -> str:
         """sha256 of the pickle this split was read from (to pin future downloads)."""
         return sha256_file(self.path)
 
