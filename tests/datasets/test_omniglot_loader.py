@@ -272,7 +272,8 @@ def test_unwritable_cache_only_warns(tmp_path):
         ({"rotations": ()}, "is invalid"),
         ({"resample": "bicubic"}, "resample='bicubic' is unknown"),
         ({"verify": "never"}, "verify='never' is unknown"),
-        ({"split": "train", "num_train": 5000}, "num_train"),
+        ({"split": "train", "num_train": 5000}, "num_train \\(5000\\) < number of characters"),
+        ({"split": "val", "num_val": 0}, "need 0 < num_val \\(0\\)"),
     ],
 )
 def test_bad_arguments(omniglot_root, omniglot_cache, kwargs, message):

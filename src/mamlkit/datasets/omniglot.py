@@ -351,6 +351,11 @@ class Omniglot(ClassImages):
             raise ValueError(f"verify={verify!r} is unknown; use one of {VERIFY_MODES}.")
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
+        if split in PAPER_SPLITS and not 0 < num_val < num_train:
+            raise ValueError(
+                f"need 0 < num_val ({num_val}) < num_train ({num_train}); MAML uses "
+                "num_train=1200, num_val=100."
+            )
         if rotations is None:
             rotations = PAPER_ROTATIONS if split in PAPER_SPLITS else (0,)
         self.rotations = _check_rotations(rotations)
