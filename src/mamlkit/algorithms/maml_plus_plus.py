@@ -81,8 +81,10 @@ class MAMLPlusPlus(MetaLearner):
             (0: never).
         **kwargs: the driver's arguments (:class:`~mamlkit.core.learner.MetaLearner`).
 
-    Per-step quantities exist for ``max(inner_steps, eval_inner_steps)`` steps; adapting for more
-    steps reuses the last step's learning rates and BatchNorm set.
+    Per-step quantities exist for the ``inner_steps`` of meta-training (learning rates for steps
+    ``0..inner_steps-1``, BatchNorm sets for parameters after ``0..inner_steps`` updates); adapting
+    for more steps (``eval_inner_steps``) reuses the last trained rate and BatchNorm set, since
+    per-step quantities that training never reached would be untrained.
     """
 
     def __init__(self, model: nn.Module, *, multi_step_loss: bool = True, msl_iterations: int = 5000,
@@ -108,7 +110,7 @@ class MAMLPlusPlus(MetaLearner):
         self.learn_inner_lrs = learn_inner_lrs
         self.first_order_iterations = first_order_iterations
         self.iteration = 0
-        self.num_step_sets = max(self.inner_steps, self.eval_inner_steps, 1)
+        self.num_step_sets = max(self.inner_steps, 1)
         self._recorder: dict[str, tuple[Tensor, Tensor]] | None = None
         params = self.meta_params()
 
