@@ -98,6 +98,8 @@ def test_lslr_rates_are_per_step() -> None:
     one = learner.adapt(batch.support_x[0], batch.support_y[0], steps=1)
     two = learner.adapt(batch.support_x[0], batch.support_y[0], steps=2)
     assert all(torch.equal(one[n], two[n]) for n in one)  # the second step's rate is zero
+    three = learner.adapt(batch.support_x[0], batch.support_y[0], steps=3)
+    assert all(torch.equal(one[n], three[n]) for n in one)  # beyond training: the last rate again
 
 
 def test_derivative_order_annealing_switches_from_first_to_second_order() -> None:
@@ -160,6 +162,8 @@ def test_per_step_running_statistics_follow_each_step_and_are_used_in_eval() -> 
     learner.meta_loss(batch)
     # Evaluation writes nothing.
     assert all(torch.equal(v, frozen[k]) for k, v in learner.bn_step_stats.named_buffers())
+    beyond = learner.adapt(batch.support_x[0], batch.support_y[0], steps=4)
+    assert torch.equal(beyond["1.running_mean"], _stat(learner, "1__running_mean")[2])  # last set
     reference = copy.deepcopy(model).eval()
     with torch.no_grad():
         for name, p in reference.named_parameters():
