@@ -69,7 +69,7 @@ class ClassGroups:
         into int64 in the sampled batches, because the sampler accepts float or uint8 data only.
         ``info["classes"]`` of a sampled batch indexes :attr:`class_ids`.
         """
-        from mamlkit.datasets.episodic import EpisodeSampler  # noqa: F811
+        from mamlkit.datasets.episodic import EpisodeSampler
 
         tensors, transform = self.tensors, None
         if not tensors[0].is_floating_point():
