@@ -1,0 +1,76 @@
+"""Pieces every experiment shares: seeding, run folders, building the learner."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mamlkit.config import TrainConfig
+from mamlkit.core.learner import MetaLearner
+
+
+def setup_torch(config: TrainConfig) -> torch.device:
+    """Seed torch, set the thread count and return the device (checked to exist)."""
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={config.device!r} was requested but CUDA is not available; "
+                         "use --device cpu.")
+    return device
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create ``run_dir``; refuse to mix a new run into a non-empty one.
+
+    A new run into a folder that already holds files raises unless ``overwrite`` (which deletes
+    it) or ``resume`` (which continues it) is given, so an existing run is never destroyed by
+    accident.
+    """
+    if resume:
+        if not any(run_dir.glob("**/checkpoints/last.pt")):
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {run_dir}/**/checkpoints/last.pt. Start a new run "
+                "without --resume, or point --run-dir at an existing run.")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"Run directory {run_dir} is not empty. Use --resume to continue that run, "
+                "--overwrite to replace it, or choose another --run-dir.")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def save_config(config: TrainConfig, run_dir: Path) -> None:
+    """Write the run's configuration as ``run_dir/config.json``."""
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration saved by :func:`save_config` (clear error when it is missing)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a mamlkit run directory (no config.json). "
+                                "Pass the --run-dir of a training run.")
+    return json.loads(path.read_text())
+
+
+def build_learner(config: TrainConfig, model: nn.Module, loss: str, **overrides: Any
+                  ) -> MetaLearner:
+    """The algorithm named by ``config.algo`` around ``model``, configured from ``config``."""
+    from mamlkit.algorithms import make_algorithm
+
+    kwargs: dict[str, Any] = {
+        "inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
+        "first_order": config.first_order, "loss": loss, "batching": config.batching,
+        "chunk_size": config.chunk_size or None, "eval_inner_steps": config.eval_inner_steps,
+    }
+    kwargs.update(overrides)
+    return make_algorithm(config.algo, model, **kwargs)
