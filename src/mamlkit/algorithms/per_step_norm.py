@@ -44,10 +44,14 @@ class PerStepNorms(ComposableNorms):
     def __init__(self, layer_of: dict[int, str], use_running: bool,
                  recorder: dict[str, tuple[Tensor, Tensor]] | None) -> None:
         super().__init__(transductive_batchnorm=True)
-        self._replacements[F.batch_norm] = self._batch_norm
         self.layer_of = layer_of
         self.use_running = use_running
         self.recorder = recorder
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        if func is F.batch_norm:  # every BatchNorm call, whatever the parent does with the others
+            return self._batch_norm(*args, **(kwargs or {}))
+        return super().__torch_function__(func, types, args, kwargs)
 
     def _batch_norm(self, input: Tensor, running_mean: Tensor | None = None,
                     running_var: Tensor | None = None, weight: Tensor | None = None,
