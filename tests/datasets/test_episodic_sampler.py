@@ -176,7 +176,7 @@ def test_bad_data_and_arguments():
     with pytest.raises(ValueError, match="expected \\[classes, examples_per_class"):
         EpisodeSampler(torch.zeros(10, dtype=torch.uint8), 2, 1, 1)
     with pytest.raises(TypeError, match="uint8 images"):
-        EpisodeSampler(torch.zeros(4, 4, 2, dtype=torch.int32), 2, 1, 1)
+        EpisodeSampler(torch.zeros(4, 4, 2, dtype=torch.bool), 2, 1, 1)
     with pytest.raises(ValueError, match="classes \\[1\\] have no examples"):
         EpisodeSampler([torch.zeros(3, 2), torch.zeros(0, 2)], 1, 1, 1)
     with pytest.raises(ValueError, match="same example shape"):

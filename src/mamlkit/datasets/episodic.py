@@ -43,11 +43,11 @@ def _as_array(array: Tensor | np.ndarray) -> np.ndarray:
 
 
 def _check_dtype(data: np.ndarray) -> None:
-    if data.dtype != np.uint8 and not np.issubdtype(data.dtype, np.floating):
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise TypeError(
             f"class data has dtype {data.dtype}; EpisodeSampler expects uint8 images (scaled to "
-            "[0, 1] per batch) or floating-point features. Convert with .to(torch.uint8) or "
-            ".float()."
+            "[0, 1] per batch), other integer data such as token ids (passed through unchanged) "
+            "or floating-point features. Convert with .to(torch.uint8), .long() or .float()."
         )
 
 
@@ -148,7 +148,8 @@ def _top_k(keys: np.ndarray, k: int) -> np.ndarray:
 
 
 def _to_tensor(x: np.ndarray) -> Tensor:
-    """A fresh batch array as a tensor: uint8 images become float32 in [0, 1]."""
+    """A fresh batch array as a tensor: uint8 images become float32 in [0, 1]; other integer data
+    (token ids) and floats keep their dtype and values."""
     if x.dtype == np.uint8:
         x = np.divide(x, np.float32(255.0), dtype=np.float32)
     return torch.from_numpy(x)
@@ -178,13 +179,14 @@ class EpisodeSampler:
     """Draws meta-batches of N-way K-shot classification episodes from class-grouped data.
 
     ``class_data`` is either a dense CPU tensor/ndarray ``[classes, examples_per_class, ...]``
-    (uint8 images or float features; memory maps work and are read lazily) or a list of
-    per-class tensors ``[n_c, ...]`` of varying length. :meth:`sample` returns a
-    :class:`mamlkit.TaskBatch`
-    with ``support_x [tasks, ways*shots, ...]``, ``support_y [tasks, ways*shots]`` (int64 labels
-    ``0 .. ways-1``, classes in random order, examples grouped by label), and the query set
-    likewise with ``ways*queries`` examples. uint8 data arrives as float32 in ``[0, 1]``;
-    ``transform``, if given, is applied to each whole ``x`` batch ``[tasks, n, ...]`` after that.
+    (uint8 images, other integer data such as token ids, or float features; memory maps work and
+    are read lazily) or a list of per-class tensors ``[n_c, ...]`` of varying length.
+    :meth:`sample` returns a :class:`mamlkit.TaskBatch` with ``support_x [tasks, ways*shots,
+    ...]``, ``support_y [tasks, ways*shots]`` (int64 labels ``0 .. ways-1``, classes in random
+    order, examples grouped by label), and the query set likewise with ``ways*queries`` examples.
+    uint8 data arrives as float32 in ``[0, 1]``; any other integer dtype (int64 token ids, say)
+    arrives unchanged; ``transform``, if given, is applied to each whole ``x`` batch
+    ``[tasks, n, ...]`` after that.
     ``info["classes"]`` holds the original class index of each label, ``[tasks, ways]``.
 
     Randomness comes only from the sampler's own ``torch.Generator`` seeded with ``seed``: the same

@@ -21,9 +21,6 @@ from mamlkit.text.splits import ClassSplit
 if TYPE_CHECKING:
     from mamlkit.datasets.episodic import EpisodeSampler
 
-_FLOAT_EXACT_INTEGERS = 2**24
-
-
 @dataclass
 class ClassGroups:
     """Per-class tensors of one split: ``tensors[j]`` holds the examples of dataset class
@@ -65,26 +62,12 @@ class ClassGroups:
     def sampler(self, ways: int, shots: int, queries: int, seed: int = 0) -> EpisodeSampler:
         """An :class:`mamlkit.datasets.episodic.EpisodeSampler` over these classes.
 
-        Token ids travel through the sampler as float32 (exact below 2**24) and are turned back
-        into int64 in the sampled batches, because the sampler accepts float or uint8 data only.
+        Token ids (int64) travel through the sampler unchanged; embeddings stay float.
         ``info["classes"]`` of a sampled batch indexes :attr:`class_ids`.
         """
         from mamlkit.datasets.episodic import EpisodeSampler
 
-        tensors, transform = self.tensors, None
-        if not tensors[0].is_floating_point():
-            largest = max(int(t.max()) if t.numel() else 0 for t in tensors)
-            if largest >= _FLOAT_EXACT_INTEGERS:
-                raise ValueError(
-                    f"token id {largest} is too large to pass through float32 exactly; use a "
-                    f"vocabulary below {_FLOAT_EXACT_INTEGERS} ids."
-                )
-            tensors, transform = [t.to(torch.float32) for t in tensors], _to_token_ids
-        return EpisodeSampler(tensors, ways, shots, queries, seed=seed, transform=transform)
-
-
-def _to_token_ids(x: Tensor) -> Tensor:
-    return x.round().to(torch.int64)
+        return EpisodeSampler(self.tensors, ways, shots, queries, seed=seed)
 
 
 def group_by_class(features: Tensor, labels: Sequence[int] | Tensor, class_ids: Sequence[int],
