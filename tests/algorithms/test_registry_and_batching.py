@@ -12,7 +12,6 @@ from mamlkit.algorithms import ALGORITHMS, FOMAML, MAML, MAMLPlusPlus, RandomIni
 
 OPTIONS = {
     "imaml": {"cg_steps": 3},
-    "reptile": {"inner_optimizer": "adam"},
     "mamlpp": {"msl_iterations": 10},
 }
 
