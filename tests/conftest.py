@@ -26,7 +26,11 @@ def data_root() -> Path:
     return root
 
 
+# Tests run small tensors, where one intra-op thread is fastest and immune to a busy machine.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield

@@ -8,7 +8,7 @@ import torch
 from mamlkit.checkpoint import load_checkpoint, save_checkpoint
 from mamlkit.config import make_config
 from mamlkit.experiments.common import build_learner
-from mamlkit.experiments.regression import regression_mlp
+from mamlkit.models import MLP
 from mamlkit.tasks.regression import Sinusoid
 from mamlkit.train import NonFiniteError, meta_train
 
@@ -18,7 +18,7 @@ def _run(tmp, iterations, resume=False, **overrides):
                           "val_tasks": 8, "checkpoint_every": 5, "tensorboard": False,
                           "eval_inner_steps": 1, **overrides})
     torch.manual_seed(0)
-    learner = build_learner(config, regression_mlp(8), "mse")
+    learner = build_learner(config, MLP((1, 8, 8, 1)), "mse")
     tasks = Sinusoid(seed=0)
     result = meta_train(learner, tasks, config, tmp, resume=resume, progress=False,
                         val_batch=Sinusoid().fixed_tasks(8, seed=1))

@@ -36,6 +36,9 @@ class Experiment:
 _REGISTRY: dict[str, str] = {
     "sinusoid": "mamlkit.experiments.regression:SINUSOID",
     "linear": "mamlkit.experiments.regression:LINEAR",
+    "banking77": "mamlkit.experiments.text:BANKING77",
+    "clinc150": "mamlkit.experiments.text:CLINC150",
+    "fewrel": "mamlkit.experiments.text:FEWREL",
 }
 """Experiment name -> ``module:attribute`` of its :class:`Experiment`."""
 

@@ -16,13 +16,29 @@ from mamlkit.core.learner import MetaLearner
 
 def setup_torch(config: TrainConfig) -> torch.device:
     """Seed torch, set the thread count and return the device (checked to exist)."""
+    device = check_device(config.device)
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={config.device!r} was requested but CUDA is not available; "
-                         "use --device cpu.")
+    return device
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device called ``name``; ``ValueError`` naming the fix when it cannot be used."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device={name!r} is not a torch device ({error}); use cpu, cuda or "
+                         "cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} was requested but CUDA is not available; "
+                             "use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r} does not exist: {torch.cuda.device_count()} GPU(s) "
+                             "are visible; use cuda:0 .. cuda:N-1.")
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"device={name!r} is not supported; use cpu or cuda.")
     return device
 
 
@@ -49,8 +65,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def save_config(config: TrainConfig, run_dir: Path) -> None:
-    """Write the run's configuration as ``run_dir/config.json``."""
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    """Write the run's configuration as ``run_dir/config.json`` (by rank 0 only in a distributed
+    run, so processes never write the same file at once)."""
+    from mamlkit.distributed import current_context
+
+    if current_context().is_main:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
@@ -59,7 +79,15 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a mamlkit run directory (no config.json). "
                                 "Pass the --run-dir of a training run.")
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is corrupt ({error}); restore it from a backup, or start a new run "
+                         "in another --run-dir (the checkpoints also hold the configuration).") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a configuration object; restore it or start a new "
+                         "run in another --run-dir.")
+    return saved
 
 
 def build_learner(config: TrainConfig, model: nn.Module, loss: str, **overrides: Any

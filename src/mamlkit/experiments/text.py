@@ -1,0 +1,489 @@
+"""Few-shot text classification: intents (BANKING77, CLINC150) and relations (FewRel).
+
+N-way K-shot episodes (Vinyals et al., 2016) are drawn from classes split into disjoint
+meta-train / meta-validation / meta-test sets, so evaluation is on intents or relations never
+seen in meta-training. Four encoders (``--encoder``):
+
+- ``pretrained`` (default): frozen all-MiniLM-L6-v2 sentence embeddings, computed once and
+  cached on disk (keyed by model and a checksum of the texts), and a small MLP head that is
+  meta-learned (MAML, Finn et al., 2017; ANIL, Raghu et al., 2020, adapts only its last layer;
+  Meta-SGD, Li et al., 2017, learns per-weight inner rates). Meta-training runs at head speed.
+- ``bag`` / ``cnn``: a trainable averaged-word-vector (Joulin et al., 2017) or TextCNN (Kim,
+  2014) classifier over word ids of a vocabulary fitted on meta-train texts; needs no pretrained
+  weights, so the domain works without the text extra.
+- ``last-layer``: MiniLM's last transformer layer and the head adapt in the inner loop, on cached
+  states of the frozen lower layers (Bansal et al., 2020); first-order by default.
+
+Evaluation (``mamlkit eval RUN_DIR``) scores the meta-learned model and two baselines on the same
+fixed meta-test episodes (``test_tasks``, 600 by default), as mean query accuracy with a 95%
+confidence interval: nearest-prototype classification (Snell et al., 2017) on frozen features
+and the same architecture fine-tuned from a random initialisation, its step size and number of
+steps chosen on meta-validation episodes (Chen et al., 2019, "A Closer Look at Few-shot
+Classification").
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit.config import TrainConfig
+from mamlkit.core.learner import MetaLearner
+from mamlkit.evaluate import Estimate, mean_ci
+from mamlkit.experiments import Experiment
+from mamlkit.experiments.common import build_learner, save_config, setup_torch
+from mamlkit.tasks.base import TaskBatch
+from mamlkit.text.data import TextClassificationData
+from mamlkit.text.episodes import ClassGroups, split_class_groups
+from mamlkit.text.registry import TEXT_DATASETS, load_text_dataset
+from mamlkit.text.splits import ClassSplit, default_class_split, split_classes
+
+SPLIT_SEED = 0
+"""Seed of the class split: fixed, so every run of a dataset is scored on the same classes."""
+FEWREL_SPLIT = (6, 5, 5)
+"""FewRel val_wiki's 16 relations as meta-train / validation / test: 5 test relations allow
+5-way episodes (the library's default 8/4/4 split allows at most 4 ways)."""
+VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
+"""Seeds of the fixed meta-validation and meta-test episodes."""
+HEAD_HIDDEN = 256
+"""Hidden width of the MLP head on frozen sentence embeddings."""
+BAG_EMBEDDING_DIM = 64
+"""Word-vector size of the bag and cnn encoders."""
+FINE_TUNE_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
+"""Step sizes tried for the fine-tune-from-random-init baseline (chosen on validation episodes)."""
+FINE_TUNE_STEPS = 100
+"""Most full-batch steps the fine-tune baseline may take (the best count is chosen on validation
+episodes); the last-layer encoder uses ``eval_inner_steps`` instead, as a transformer layer per
+step and episode is slow on a CPU."""
+EVAL_META_BATCH = 100
+"""Episodes scored at once in evaluation (8 for the last-layer encoder)."""
+
+
+# ---------------------------------------------------------------------------------------- data
+def data_root(config: TrainConfig) -> Path:
+    """The datasets folder: ``config.data_root``, else ``$MAMLKIT_DATA``; a clear error if neither
+    is set or the folder does not exist."""
+    root = config.data_root or os.environ.get("MAMLKIT_DATA", "")
+    if not root:
+        raise FileNotFoundError(
+            "no data folder given: pass --data-root FOLDER (holding banking77/, clinc150/, "
+            "fewrel/) or set the MAMLKIT_DATA environment variable.")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder {path} does not exist; pass --data-root pointing at "
+                                "the folder that holds banking77/, clinc150/ and fewrel/.")
+    return path
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a known text dataset; ``ValueError`` listing the known ones otherwise."""
+    if name not in TEXT_DATASETS:
+        raise ValueError(f"unknown text dataset {name!r}; known datasets: "
+                         f"{', '.join(sorted(TEXT_DATASETS))}.")
+    return name
+
+
+def cap_per_class(data: TextClassificationData, limit: int) -> TextClassificationData:
+    """``data`` with at most ``limit`` examples of each class, the first ones in file order
+    (``limit=0`` keeps everything)."""
+    if limit == 0:
+        return data
+    keep = sorted(i for rows in data.indices_by_class() for i in rows[:limit])
+    return TextClassificationData(
+        texts=[data.texts[i] for i in keep], labels=[data.labels[i] for i in keep],
+        class_names=data.class_names, name=data.name,
+        parts=[data.parts[i] for i in keep] if data.parts else [],
+        class_groups=data.class_groups, class_descriptions=data.class_descriptions)
+
+
+def class_split(dataset: str, data: TextClassificationData) -> ClassSplit:
+    """The meta-train / validation / test classes used by the ``dataset`` experiment."""
+    if dataset == "fewrel":
+        return split_classes(range(data.num_classes), FEWREL_SPLIT, SPLIT_SEED)
+    return default_class_split(data, SPLIT_SEED)
+
+
+def check_episode_sizes(dataset: str, data: TextClassificationData, split: ClassSplit,
+                        config: TrainConfig) -> None:
+    """Raise ``ValueError`` (before any encoding) when a split has fewer classes than ``ways`` or a
+    class has fewer examples than ``shots + queries``, naming the class and the fix."""
+    counts = data.class_counts()
+    need = config.shots + config.queries
+    for name in ("train", "validation", "test"):
+        classes = split.classes(name)
+        if len(classes) < config.ways:
+            raise ValueError(
+                f"ways={config.ways} but the meta-{name} split of {dataset} has only "
+                f"{len(classes)} classes; use --ways {len(classes)} or fewer.")
+        short = [c for c in classes if counts[c] < need]
+        if short:
+            smallest = min(counts[c] for c in classes)
+            capped = (f" (--max-per-class {config.max_per_class} keeps at most that many; raise "
+                      "it)" if config.max_per_class else "")
+            raise ValueError(
+                f"{dataset}: class {data.class_names[short[0]]!r} of the meta-{name} split has "
+                f"{counts[short[0]]} examples but shots + queries = {config.shots} + "
+                f"{config.queries} = {need} are needed{capped}. Lower --shots/--queries so that "
+                f"shots + queries <= {smallest}.")
+
+
+# ---------------------------------------------------------------------------------- features
+def embedding_cache_dir(config: TrainConfig) -> Path:
+    """Where cached encoder outputs go: ``config.cache_dir`` or the library default."""
+    from mamlkit.text.embedding_cache import default_cache_dir
+
+    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+
+
+def _timing_file(cache_file: Path) -> Path:
+    return cache_file.with_name(cache_file.name + ".timing.json")
+
+
+def timed_cached(cache_file: Path, compute: Any) -> tuple[Tensor, dict[str, Any]]:
+    """Run the caching ``compute()`` and time it; on a cache miss the wall-clock of that first run
+    is stored beside the cache file, so later (cached) runs can report both numbers."""
+    hit = cache_file.is_file()
+    start = time.perf_counter()
+    tensor = compute()
+    seconds = time.perf_counter() - start
+    info: dict[str, Any] = {"cache_file": str(cache_file), "cache_hit": hit, "seconds": seconds}
+    timing = _timing_file(cache_file)
+    if not hit:
+        record = {"first_run_seconds": seconds, "texts": int(tensor.shape[0]),
+                  "torch_threads": torch.get_num_threads(),
+                  "measured_at": datetime.datetime.now().isoformat(timespec="seconds")}
+        timing.write_text(json.dumps(record, indent=2) + "\n")
+    if timing.is_file():
+        info["first_run"] = json.loads(timing.read_text())
+    return tensor, info
+
+
+def sentence_embeddings(texts: list[str], cache_dir: Path) -> tuple[Tensor, dict[str, Any]]:
+    """Frozen MiniLM sentence embeddings ``[n, 384]`` of ``texts`` (cached), with timing info."""
+    from mamlkit.text.embedding_cache import cache_path, embed_texts, sentence_cache_key
+
+    file = cache_path(cache_dir, sentence_cache_key(texts))
+    return timed_cached(file, lambda: embed_texts(texts, cache_dir=cache_dir))
+
+
+def lower_layer_states(texts: list[str], length: int, cache_dir: Path
+                       ) -> tuple[Tensor, dict[str, Any]]:
+    """Cached MiniLM token states entering its last layer, ``[n, length, 385]``, with timing."""
+    from mamlkit.text.embedding_cache import cache_path, hidden_states_for_texts, texts_checksum
+    from mamlkit.text.pretrained import DEFAULT_MODEL_ID
+
+    encoder = pretrained_encoder()
+    layer = encoder.num_layers - 1
+    key = {"kind": "hidden", "model_id": DEFAULT_MODEL_ID, "layer": layer, "length": length,
+           "texts": texts_checksum(texts), "count": len(texts)}
+    return timed_cached(cache_path(cache_dir, key), lambda: hidden_states_for_texts(
+        texts, 1, length, encoder=encoder, cache_dir=cache_dir))
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_encoder() -> Any:
+    """The bundled frozen MiniLM encoder, loaded once per process (needs the text extra)."""
+    from mamlkit.text.pretrained import PretrainedSentenceEncoder
+
+    return PretrainedSentenceEncoder()
+
+
+@dataclass
+class TextTask:
+    """Everything a text experiment needs: the data, its class split, the encoded examples of
+    every text (embeddings, token ids or cached states) and their groups per split."""
+
+    dataset: str
+    data: TextClassificationData
+    split: ClassSplit
+    features: Tensor
+    groups: dict[str, ClassGroups]
+    vocab_size: int = 0
+    feature_info: dict[str, Any] = field(default_factory=dict)
+
+    def sampler(self, split: str, config: TrainConfig, seed: int) -> Any:
+        """An :class:`~mamlkit.datasets.episodic.EpisodeSampler` over the ``split`` classes."""
+        return self.groups[split].sampler(config.ways, config.shots, config.queries, seed=seed)
+
+
+def prepare_task(config: TrainConfig) -> TextTask:
+    """Load, cap and split the dataset, check episode sizes, then encode every text.
+
+    All checks run before the (possibly minutes-long) encoding step.
+    """
+    dataset = check_dataset_name(config.task)
+    data = cap_per_class(load_text_dataset(dataset, data_root(config)), config.max_per_class)
+    split = class_split(dataset, data)
+    check_episode_sizes(dataset, data, split, config)
+    vocab_size, info = 0, {}
+    if config.encoder in ("bag", "cnn"):
+        from mamlkit.text.tokenizer import WordTokenizer
+
+        tokenizer = WordTokenizer.fit(data.texts_of(split.train), max_length=config.max_tokens)
+        features, vocab_size = tokenizer.encode(data.texts), tokenizer.vocab_size
+        info = {"vocabulary": vocab_size, "fitted_on": "meta-train texts"}
+    elif config.encoder == "pretrained":
+        features, info = sentence_embeddings(data.texts, embedding_cache_dir(config))
+    else:
+        features, info = lower_layer_states(data.texts, config.max_tokens,
+                                            embedding_cache_dir(config))
+    need = config.shots + config.queries
+    groups = {name: split_class_groups(data, split, name, features, min_examples=need)
+              for name in ("train", "validation", "test")}
+    return TextTask(dataset, data, split, features, groups, vocab_size, info)
+
+
+# ------------------------------------------------------------------------------------ models
+class EmbeddingHead(nn.Module):
+    """Meta-learned classifier on frozen sentence embeddings: Linear -> ReLU -> Linear.
+
+    The unit-norm embeddings are multiplied by ``sqrt(dim)`` so their coordinates have about unit
+    scale; the last ``nn.Linear`` (``output``) is the part ANIL adapts.
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = HEAD_HIDDEN) -> None:
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.hidden = nn.Linear(dim, hidden)
+        self.output = nn.Linear(hidden, num_classes)
+
+    def features(self, embeddings: Tensor) -> Tensor:
+        """Hidden features ``[batch, hidden]`` before the output layer."""
+        return torch.relu(self.hidden(self.scale * embeddings))
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """Logits ``[batch, num_classes]`` of embeddings ``[batch, dim]``."""
+        return self.output(self.features(embeddings))
+
+
+def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
+    """A freshly initialised model for ``config.encoder`` with ``config.ways`` outputs."""
+    if config.encoder == "pretrained":
+        return EmbeddingHead(int(task.features.shape[1]), config.ways)
+    if config.encoder == "bag":
+        from mamlkit.text.encoders import BagOfEmbeddingsClassifier
+
+        return BagOfEmbeddingsClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
+    if config.encoder == "cnn":
+        from mamlkit.text.encoders import TextCNNClassifier
+
+        return TextCNNClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
+    from mamlkit.text.last_layers import last_layers_from_pretrained
+
+    return last_layers_from_pretrained(pretrained_encoder(), 1, config.ways)
+
+
+def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
+    """``config.algo`` around ``model``; the last-layer encoder is first order (unless
+    ``last_layer_second_order``) and runs one task at a time under ``batching=auto``."""
+    if config.encoder == "last-layer":
+        overrides.setdefault("first_order", not config.last_layer_second_order)
+        if config.batching == "auto":
+            overrides.setdefault("batching", "loop")
+    from mamlkit.algorithms import canonical_name
+
+    if canonical_name(config.algo) == "fomaml":
+        overrides["first_order"] = True
+    return build_learner(config, model, "cross_entropy", **overrides).to(config.device)
+
+
+def _learner_dir(run_dir: Path, config: TrainConfig) -> Path:
+    return run_dir / config.algo
+
+
+# ------------------------------------------------------------------------------------- train
+def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+    """Meta-train ``config.algo`` on the meta-train classes into ``run_dir/<algo>/``."""
+    from mamlkit.train import meta_train
+
+    task = prepare_task(config)
+    save_config(config, run_dir)
+    setup_torch(config)
+    learner = make_learner(config, build_model(config, task))
+    val = task.sampler("validation", config, 0).fixed_episodes(config.val_tasks, VAL_SEED).all()
+    start = time.perf_counter()
+    result = meta_train(learner, task.sampler("train", config, config.seed), config,
+                        _learner_dir(run_dir, config), val_batch=val, resume=resume)
+    wall = time.perf_counter() - start
+    done = result.iteration
+    summary = {
+        config.algo: {
+            "iterations": done, "train_seconds": result.elapsed_s, "wall_seconds": wall,
+            "episodes_per_second": done * config.meta_batch_size / max(result.elapsed_s, 1e-9),
+            "best_val_accuracy": result.best_metric, "stopped": result.stopped_early},
+        "data": _describe(task, config),
+    }
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _describe(task: TextTask, config: TrainConfig) -> dict[str, Any]:
+    return {"dataset": task.dataset, "texts": len(task.data), "encoder": config.encoder,
+            "classes": {s: len(task.split.classes(s)) for s in ("train", "validation", "test")},
+            "features": list(task.features.shape[1:]), **task.feature_info}
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def load_learner(config: TrainConfig, task: TextTask, run_dir: Path) -> MetaLearner:
+    """The meta-learned model of a run (its best validation checkpoint)."""
+    from mamlkit.checkpoint import load_checkpoint
+
+    path = _learner_dir(run_dir, config) / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} has no finished {config.algo} "
+                                "training. Train first (mamlkit train), or resume it.")
+    learner = make_learner(config, build_model(config, task))
+    learner.load_state_dict(load_checkpoint(path, map_location=config.device)["learner"])
+    return learner
+
+
+def _episodes(task: TextTask, config: TrainConfig, split: str, count: int, seed: int) -> Any:
+    batch = 8 if config.encoder == "last-layer" else EVAL_META_BATCH
+    return task.sampler(split, config, 0).fixed_episodes(count, seed, meta_batch_size=batch)
+
+
+def accuracy_curves(learner: MetaLearner, episodes: Iterable[TaskBatch], steps: int,
+                    device: str) -> Tensor:
+    """Query accuracy after 0..``steps`` adaptation steps, ``[steps + 1, episodes]``."""
+    parts = [learner.adaptation_curve(b.to(device), steps)["query_accuracy"].cpu()
+             for b in episodes]
+    return torch.cat(parts, dim=1)
+
+
+def _frozen_feature_batch(model: nn.Module, batch: TaskBatch) -> TaskBatch:
+    with torch.no_grad():
+        def encode(x: Tensor) -> Tensor:
+            flat = x.reshape(-1, *x.shape[2:])
+            return model.features(flat).reshape(x.shape[0], x.shape[1], -1)
+
+        return TaskBatch(encode(batch.support_x), batch.support_y, encode(batch.query_x),
+                         batch.query_y, info=batch.info)
+
+
+def prototype_accuracies(config: TrainConfig, task: TextTask, learner: MetaLearner,
+                         episodes: Iterable[TaskBatch]) -> tuple[Tensor, str]:
+    """Nearest-prototype query accuracy per episode and a description of the features used.
+
+    Frozen MiniLM embeddings for ``pretrained``; the frozen encoder's pooled output for
+    ``last-layer`` (the un-meta-trained layer); the meta-trained encoder's features for
+    ``bag``/``cnn``, which have no pretrained features.
+    """
+    from mamlkit.text.baselines import prototype_accuracy
+
+    if config.encoder == "pretrained":
+        return torch.cat([prototype_accuracy(b) for b in episodes]), "frozen MiniLM embeddings"
+    if config.encoder == "last-layer":
+        frozen = build_model(config, task).to(config.device).eval()
+        return (torch.cat([prototype_accuracy(_frozen_feature_batch(frozen, b.to(config.device)))
+                           .cpu() for b in episodes]), "frozen MiniLM (last layer not adapted)")
+    model = learner.model.eval()
+    return (torch.cat([prototype_accuracy(_frozen_feature_batch(model, b.to(config.device))).cpu()
+                       for b in episodes]), f"meta-trained {config.encoder} encoder features")
+
+
+def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: Any,
+                         test_episodes: Any) -> tuple[Tensor, dict[str, Any]]:
+    """The model fine-tuned from a random initialisation on each test episode's support set.
+
+    The step size (from :data:`FINE_TUNE_LRS`) and the number of full-batch steps (up to
+    :data:`FINE_TUNE_STEPS`) are those with the best mean accuracy on the validation episodes.
+    The last-layer encoder keeps its pretrained layer and gets a random head.
+    """
+    max_steps = (config.eval_inner_steps if config.encoder == "last-layer"
+                 else max(FINE_TUNE_STEPS, config.eval_inner_steps))
+    best: tuple[float, float, int] = (-1.0, 0.0, 0)
+    for lr in FINE_TUNE_LRS:
+        learner = _random_init(config, task, lr)
+        curve = accuracy_curves(learner, val_episodes, max_steps, config.device).mean(dim=1)
+        step = int(curve.argmax())
+        if float(curve[step]) > best[0]:
+            best = (float(curve[step]), lr, step)
+    val_accuracy, lr, steps = best
+    learner = _random_init(config, task, lr)
+    scores = accuracy_curves(learner, test_episodes, steps, config.device)[-1]
+    return scores, {"lr": lr, "steps": steps, "val_accuracy": val_accuracy}
+
+
+def _random_init(config: TrainConfig, task: TextTask, lr: float) -> MetaLearner:
+    torch.manual_seed(config.seed + 1)
+    model = build_model(config, task)
+    ft = TrainConfig(**{**config.to_dict(), "algo": "randominit", "inner_lr": lr})
+    return make_learner(ft, model)
+
+
+def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Mean query accuracy ± 95% CI on ``test_tasks`` fixed meta-test episodes: the meta-learned
+    model, the prototype baseline and fine-tuning from random init; printed, and saved to
+    ``run_dir/eval/``."""
+    task = prepare_task(config)
+    setup_torch(config)
+    learner = load_learner(config, task, run_dir)
+    test = _episodes(task, config, "test", config.test_tasks, TEST_SEED)
+    val = _episodes(task, config, "validation", config.val_tasks, VAL_SEED)
+    start = time.perf_counter()
+    steps = config.eval_inner_steps
+    meta = accuracy_curves(learner, test, steps, config.device)
+    meta_s = time.perf_counter() - start
+    proto, proto_features = prototype_accuracies(config, task, learner, test)
+    fine_tune, fine_tune_info = fine_tune_accuracies(config, task, val, test)
+    rows: dict[str, Estimate] = {
+        f"{config.algo} ({steps} steps)": mean_ci(meta[-1]),
+        f"{config.algo} (no adaptation)": mean_ci(meta[0]),
+        f"prototypes on {proto_features}": mean_ci(proto),
+        f"fine-tune from random init ({fine_tune_info['steps']} steps, "
+        f"lr {fine_tune_info['lr']})": mean_ci(fine_tune),
+    }
+    title = (f"{task.dataset} {config.ways}-way {config.shots}-shot, encoder {config.encoder}: "
+             f"query accuracy, mean ± 95% CI over {config.test_tasks} meta-test episodes "
+             f"({len(task.split.test)} unseen classes)")
+    width = max(len(k) for k in rows)
+    lines = [title] + [f"  {name:<{width}}  {est.mean * 100:6.2f} ± {est.ci95 * 100:.2f} %"
+                       for name, est in rows.items()]
+    table = "\n".join(lines)
+    results = {
+        "dataset": task.dataset, "ways": config.ways, "shots": config.shots,
+        "queries": config.queries, "encoder": config.encoder, "algo": config.algo,
+        "episodes": config.test_tasks, "eval_inner_steps": steps,
+        "accuracy": {k: {"mean": e.mean, "ci95": e.ci95, "n": e.n} for k, e in rows.items()},
+        "fine_tune": fine_tune_info, "meta_eval_seconds": meta_s, "table": table,
+        "data": _describe(task, config),
+    }
+    out = run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
+    return results
+
+
+_COMMON: dict[str, Any] = {
+    "encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.1,
+    "inner_steps": 5, "eval_inner_steps": 10, "meta_batch_size": 16, "meta_lr": 1e-3,
+    "iterations": 2000, "val_every": 200, "val_tasks": 100, "checkpoint_every": 200,
+    "test_tasks": 600, "plots": False,
+}
+
+
+def _experiment(name: str, summary: str) -> Experiment:
+    return Experiment(name=name, summary=summary, defaults={**_COMMON, "task": name},
+                      train=train, evaluate=evaluate)
+
+
+BANKING77 = _experiment(
+    "banking77", "BANKING77 intents (Casanueva et al. 2020): 5-way few-shot on 15 unseen intents.")
+CLINC150 = _experiment(
+    "clinc150", "CLINC150 intents (Larson et al. 2019): 5-way few-shot on intents of 2 unseen "
+    "domains.")
+FEWREL = _experiment(
+    "fewrel", "FewRel 1.0 relations (Han et al. 2018): 5-way few-shot on 5 unseen relations.")
