@@ -14,9 +14,19 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mamlkit.config import FIELDS, TrainConfig, field_type, make_config, read_config_file
+from mamlkit.distributed import (
+    check_divisible,
+    environment_world_size,
+    init_from_environment,
+    run_on_main,
+    shutdown,
+)
 from mamlkit.experiments import experiment_names, get_experiment
-from mamlkit.experiments.common import load_run_config, prepare_run_dir
+from mamlkit.experiments.common import check_device, load_run_config, prepare_run_dir
+from mamlkit.train import NonFiniteError, autocast_factory
 
 
 def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -102,16 +112,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
-    prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    print(f"run directory: {run_dir}")
-    start = time.perf_counter()
-    summary = experiment.train(config, run_dir, args.resume)
-    train_s = time.perf_counter() - start
-    print(f"meta-training finished in {train_s:.1f} s: {summary}")
-    if not args.no_eval and not any(v.get("stopped") for v in _runs(summary)):
-        experiment.evaluate(config, run_dir)
-    print(f"checkpoints: {run_dir / '**' / 'checkpoints'}\nmetrics: {run_dir}/**/metrics.csv\n"
-          f"evaluation: {run_dir / 'eval'}\nplots: {run_dir / 'plots'}")
+    check_device(config.device)
+    autocast_factory(config.amp, torch.device(config.device))
+    check_divisible(config.meta_batch_size, environment_world_size())
+    context = init_from_environment(config.device)  # torchrun: one process per device
+    try:
+        run_dir = run_on_main(lambda: run_dir, context)  # rank 0's (time-stamped) folder
+        run_on_main(lambda: prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite),
+                    context)
+        say = print if context.is_main else (lambda *_: None)
+        say(f"run directory: {run_dir}" + (f" ({context.world_size} processes, {context.backend})"
+                                           if context.enabled else ""))
+        start = time.perf_counter()
+        summary = experiment.train(config, run_dir, args.resume)
+        train_s = time.perf_counter() - start
+        say(f"meta-training finished in {train_s:.1f} s: {summary}")
+        if context.is_main and not args.no_eval and not any(v.get("stopped") for v in _runs(summary)):
+            experiment.evaluate(config, run_dir)
+        say(f"checkpoints: {run_dir / '**' / 'checkpoints'}\nmetrics: {run_dir}/**/metrics.csv\n"
+            f"evaluation: {run_dir / 'eval'}\nplots: {run_dir / 'plots'}")
+    finally:
+        shutdown()
     return 0
 
 
@@ -158,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"mamlkit: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:
+        print(f"mamlkit: stopped: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

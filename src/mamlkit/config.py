@@ -76,6 +76,9 @@ class TrainConfig:
     """Torch device: cpu, cuda, cuda:1, ..."""
     batching: str = "auto"
     """How tasks are batched: auto, vmap or loop."""
+    amp: str = "none"
+    """Mixed precision for meta-training steps: none or bf16 (autocast; parameters and inner-loop
+    gradients stay float32)."""
     chunk_size: int = 0
     """Tasks per backward pass to bound memory (0 = the whole meta-batch)."""
     threads: int = 0
@@ -110,7 +113,7 @@ class TrainConfig:
         if self.time_budget_minutes < 0:
             raise ValueError("time_budget_minutes must be >= 0 (0 = no limit).")
         choices = {"optimizer": ("adam", "sgd"), "batching": ("auto", "vmap", "loop"),
-                   "on_nonfinite": ("stop", "skip")}
+                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
