@@ -1,0 +1,118 @@
+"""One implementation of one workload, in its own process.
+
+Each implementation runs in a separate process so that its peak memory is its own and nothing it
+caches helps another. The parent drives all processes of a workload in turn, one meta-iteration
+each per round, so a slow spell of a shared machine hits every implementation alike and the ratios
+stay meaningful even when absolute times move.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import time
+import traceback
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from benchmarks._peers.workloads import Workload, build_model, make_batch
+
+MODULES = {
+    "mamlkit": "benchmarks._peers.mamlkit_engine",
+    "learn2learn": "benchmarks._peers.learn2learn_maml",
+    "higher": "benchmarks._peers.higher_loop",
+    "torchopt": "benchmarks._peers.torchopt_loop",
+    "plain": "benchmarks._peers.plain_loop",
+}
+"""Implementation name -> module; ``mamlkit:MODE`` selects a batching mode of mamlkit."""
+
+
+def resident_bytes() -> int:
+    """Current resident set size of this process (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - not Linux
+        return 0
+
+
+def peak_resident_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any, str, str]:
+    name, _, mode = impl.partition(":")
+    module = importlib.import_module(MODULES[name])
+    version, note = module.probe()
+    if version is None:
+        raise ModuleNotFoundError(note)
+    if name == "mamlkit":
+        batching, _, chunk = (mode or "auto").partition("/")
+        step = module.prepare(model, workload, batching=batching,
+                              chunk_size=int(chunk) if chunk else None)
+        return step, version, note
+    return module.prepare(model, workload), version, note
+
+
+def worker(conn: Connection, impl: str, workload_fields: dict, device: str, threads: int,
+           seed: int) -> None:
+    """Process entry point: set up, send the initial meta-gradient, then time steps on request.
+
+    Messages sent: ``("ready", grads, version, note)`` or ``("error", text)``; then one float
+    (milliseconds) per ``"step"`` request and ``(peak_bytes,)`` for ``"memory"``.
+    """
+    try:
+        torch.set_num_threads(threads)
+        workload = Workload(**workload_fields)
+        model = build_model(workload, seed).to(device).train()
+        batch = tuple(t.to(device) for t in make_batch(workload, seed + 1))
+        meta_gradient, version, note = _prepare(impl, workload, model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=workload.meta_lr)
+        learner = getattr(meta_gradient, "learner", None)
+        if learner is not None:
+            import mamlkit
+
+            note += f"; batching={learner.batching_for(mamlkit.TaskBatch(*batch))}"
+        cuda = device.startswith("cuda")
+
+        def sync() -> None:
+            if cuda:
+                torch.cuda.synchronize()
+
+        sync()
+        baseline = torch.cuda.memory_allocated() if cuda else resident_bytes()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        optimizer.zero_grad(set_to_none=True)
+        meta_gradient(batch)
+        grads = [p.grad.detach().cpu().clone() if p.grad is not None else None
+                 for p in model.parameters()]
+        conn.send(("ready", grads, version, note))
+    except Exception as error:  # noqa: BLE001 - reported in the table, not fatal for the others
+        conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"))
+        return
+    while True:
+        command = conn.recv()
+        if command == "step":
+            sync()
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            meta_gradient(batch)
+            optimizer.step()
+            sync()
+            conn.send((time.perf_counter() - start) * 1000.0)
+        elif command == "memory":
+            peak = torch.cuda.max_memory_allocated() if cuda else peak_resident_bytes()
+            conn.send((peak - baseline,))
+        else:
+            return
+
+
+def workload_fields(workload: Workload) -> dict:
+    """The workload as plain data for the child process."""
+    return asdict(workload)

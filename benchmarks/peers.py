@@ -1,0 +1,239 @@
+"""mamlkit against other MAML implementations on the same workloads, side by side.
+
+    python benchmarks/peers.py                         # W1, W2, W2b, W3, W4; 20 timed iterations
+    python benchmarks/peers.py -w W1 W2 --iters 30     # selected workloads
+    python benchmarks/peers.py -w W1 W2 --scaling      # + time vs meta-batch size (8, 32, 128)
+    python benchmarks/peers.py -w W2b --iters 20 --warmup 2 --mamlkit auto loop vmap
+    python benchmarks/peers.py --device cuda           # on a GPU (peak memory from the allocator)
+
+Implementations: mamlkit (``MAML.meta_backward``), learn2learn (``MAML.clone()/adapt()``), higher
+(``innerloop_ctx``), TorchOpt (``MetaSGD``) when installed (``pip install -e .[bench]``), and a
+plain per-task loop with ``torch.autograd.grad`` that needs nothing. All get the same model,
+initialisation, data, thread count and Adam meta-optimiser.
+
+For each workload every implementation first computes the meta-gradient at the same initial
+parameters; they must agree with the plain loop to ``--tolerance`` (relative, in norm) or the
+row is flagged and the exit status is 1. Then the implementations run ``--warmup`` untimed and
+``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns, each in its own
+process, and the table gives the median (min-max) milliseconds per meta-iteration, the peak memory
+above the process's resident memory after set-up (GPU: peak allocated), and the ratios to the
+fastest peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks._peers`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks._peers.runner import MODULES, worker, workload_fields
+from benchmarks._peers.workloads import SCALING, WORKLOADS, Workload
+
+PEERS = ("learn2learn", "higher", "torchopt", "plain")
+LABELS = {"learn2learn": "learn2learn", "higher": "higher", "torchopt": "TorchOpt",
+          "plain": "plain loop"}
+
+
+@dataclass
+class Result:
+    """What one implementation gave on one workload."""
+
+    impl: str
+    version: str = ""
+    note: str = ""
+    error: str = ""
+    grads: list | None = None
+    times_ms: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+    grad_error: float | None = None
+
+    @property
+    def label(self) -> str:
+        """Display name: ``mamlkit (auto)`` or the peer's name."""
+        name, _, mode = self.impl.partition(":")
+        return f"mamlkit ({mode})" if name == "mamlkit" else LABELS.get(name, name)
+
+    @property
+    def is_peer(self) -> bool:
+        """Whether this is one of the other implementations (the plain loop counts)."""
+        return not self.impl.startswith("mamlkit")
+
+    @property
+    def median(self) -> float:
+        """Median milliseconds per meta-iteration."""
+        return statistics.median(self.times_ms)
+
+
+def relative_error(grads: list, reference: list) -> float:
+    """``|g - g_ref| / |g_ref|`` over all parameters (a missing gradient counts as zeros)."""
+    num = den = 0.0
+    for g, r in zip(grads, reference):
+        r = torch.zeros(()) if r is None else r.double()
+        g = torch.zeros_like(r) if g is None else g.double()
+        num += float(((g - r) ** 2).sum())
+        den += float((r ** 2).sum())
+    return (num / den) ** 0.5 if den > 0 else float(num > 0)
+
+
+def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace) -> list[Result]:
+    """Start one process per implementation, check gradients, then time them in turns."""
+    ctx = mp.get_context("spawn")
+    results, running = [], []
+    for impl in impls:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, daemon=True,
+                           args=(child, impl, workload_fields(workload), args.device,
+                                 args.threads, args.seed))
+        proc.start()
+        result = Result(impl)
+        reply = parent.recv() if parent.poll(args.setup_timeout) else ("error", "set-up timed out")
+        if reply[0] == "ready":
+            _, result.grads, result.version, result.note = reply
+            running.append((result, parent, proc))
+        else:
+            result.error = reply[1].strip().splitlines()[0]
+            proc.join(5)
+        results.append(result)
+        print(f"  {workload.name}: {result.label}: {result.error or 'ready'}", flush=True)
+
+    reference = next((r for r in results if r.impl == "plain" and r.grads), None)
+    reference = reference or next((r for r in results if r.grads), None)
+    for result, _, _ in running:
+        result.grad_error = relative_error(result.grads, reference.grads)
+        result.grads = None
+
+    rounds = args.warmup + args.iters
+    for i in range(rounds):
+        order = running[i % len(running):] + running[:i % len(running)] if running else []
+        for result, conn, _ in order:
+            if result.error:
+                continue
+            try:
+                conn.send("step")
+                ms = conn.recv()
+            except (EOFError, OSError, BrokenPipeError) as error:
+                result.error = f"process died during a step ({type(error).__name__})"
+                continue
+            if i >= args.warmup:
+                result.times_ms.append(ms)
+    for result, conn, proc in running:
+        if not result.error:
+            conn.send("memory")
+            result.peak_bytes = conn.recv()[0]
+            conn.send("stop")
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    return results
+
+
+def format_table(workload: Workload, results: list[Result], tolerance: float) -> str:
+    """Markdown table of one workload's results."""
+    timed = [r for r in results if r.times_ms]
+    peers = [r for r in timed if r.is_peer]
+    fastest = min(peers, key=lambda r: r.median) if peers else None
+    lines = [f"### {workload.name}: {workload.description}", "",
+             "| implementation | ms/iter median (min-max) | speed-up vs fastest peer | peak memory MB "
+             "| memory vs fastest peer | meta-gradient rel. error |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        if not r.times_ms:
+            lines.append(f"| {r.label} | not run: {r.error} | | | | |")
+            continue
+        speed = f"{fastest.median / r.median:.2f}x" if fastest else "n/a"
+        peak = r.peak_bytes / 2 ** 20
+        mem = (f"{peak / max(fastest.peak_bytes / 2 ** 20, 1e-9):.2f}x" if fastest and fastest.peak_bytes
+               else "n/a")
+        flag = "" if r.grad_error is not None and r.grad_error <= tolerance else " MISMATCH"
+        lines.append(f"| {r.label} | {r.median:.1f} ({min(r.times_ms):.1f}-{max(r.times_ms):.1f}) "
+                     f"| {speed} | {peak:.0f} | {mem} | {r.grad_error:.1e}{flag} |")
+    if fastest:
+        lines.append(f"\nfastest peer: {fastest.label}; {len(timed[0].times_ms)} timed iterations")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-w", "--workloads", nargs="+", default=list(WORKLOADS),
+                        help=f"workloads to run, from {list(WORKLOADS)}")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also time the selected of W1/W2 at meta-batch sizes "
+                             + str(SCALING["W1"]))
+    parser.add_argument("--iters", type=int, default=20, help="timed meta-iterations (>= 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations first")
+    parser.add_argument("--impls", nargs="+", default=["mamlkit", *PEERS],
+                        help="implementations: mamlkit and peers " + str(PEERS))
+    parser.add_argument("--mamlkit", nargs="+", default=["auto"], metavar="MODE",
+                        help="mamlkit batching modes to time: auto, loop, vmap; MODE/N sets "
+                             "chunk_size=N (e.g. vmap/8)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch intra-op threads in every process (default: torch's)")
+    parser.add_argument("--tolerance", type=float, default=1e-5,
+                        help="largest relative meta-gradient difference to the plain loop")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--setup-timeout", type=float, default=1800.0,
+                        help="seconds one implementation may take to set up and compute its "
+                             "first meta-gradient")
+    args = parser.parse_args(argv)
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    bad = [i for i in args.impls if i not in MODULES]
+    if bad:
+        parser.error(f"unknown implementations {bad}; choose from {list(MODULES)}")
+    if args.iters < 1 or args.warmup < 0:
+        parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch.cuda.is_available() is False; "
+                     "run on a GPU machine or use --device cpu")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected workloads and print one table per workload; 1 if a gradient mismatched."""
+    args = parse_args(argv)
+    impls = [f"mamlkit:{m}" for m in args.mamlkit] if "mamlkit" in args.impls else []
+    impls += [i for i in args.impls if i != "mamlkit"]
+    workloads = [WORKLOADS[w] for w in args.workloads]
+    if args.scaling:
+        workloads += [WORKLOADS[w].with_tasks(n) for w, sizes in SCALING.items() for n in sizes
+                      if w in args.workloads and n != WORKLOADS[w].tasks]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, "
+          f"{os.cpu_count()} CPUs, load average at start {load[0]:.2f}", flush=True)
+    mismatch = False
+    tables = []
+    present: dict[str, str] = {}
+    for workload in workloads:
+        results = run_workload(workload, impls, args)
+        for r in results:
+            present[r.label] = f"{r.version} ({r.note})" if r.version else f"absent ({r.error})"
+            if r.grad_error is not None and r.grad_error > args.tolerance:
+                mismatch = True
+        table = format_table(workload, results, args.tolerance)
+        tables.append(table)
+        print("\n" + table + "\n", flush=True)
+    print("implementations:")
+    for label, text in present.items():
+        print(f"  {label}: {text}")
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else "?"
+    print(f"load average at end {end_load}")
+    if mismatch:
+        print(f"meta-gradient MISMATCH above relative tolerance {args.tolerance}", file=sys.stderr)
+    return 1 if mismatch else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
