@@ -31,23 +31,44 @@ from torch import Tensor, nn
 from mamlkit.rl.advantages import compute_advantages
 from mamlkit.rl.episodes import Episodes
 from mamlkit.rl.losses import episode_distribution, reinforce_loss, surrogate_and_kl, surrogate_terms
+from mamlkit.rl.mlp_curvature import (
+    GaussianFisher,
+    InnerLossCurvature,
+    Layers,
+    mlp_layers,
+)
 from mamlkit.rl.policy import Params, expand_params
 from mamlkit.rl.sampler import TaskSampler
 from mamlkit.rl.trpo import TRPOSettings, backtracking_line_search, conjugate_gradient
 
 Grads = tuple[Tensor, ...]
-HVP_MODES = ("structured", "autograd")
+HVP_MODES = ("auto", "closed_form", "structured", "autograd")
+
+
+def flat_inputs(episodes: Episodes) -> tuple[Tensor, Tensor]:
+    """Observations and actions as ``[tasks, trajectories * horizon, dim]``."""
+    tasks = episodes.num_tasks
+    return (episodes.observations.reshape(tasks, -1, episodes.observations.shape[-1]),
+            episodes.actions.reshape(tasks, -1, episodes.actions.shape[-1]))
+
+
+def step_weights(episodes: Episodes) -> Tensor:
+    """``mask / count`` per step, ``[tasks, trajectories * horizon]`` (a per-task masked mean)."""
+    masks = episodes.masks.reshape(episodes.num_tasks, -1)
+    return masks / masks.sum(1, keepdim=True).clamp_min(1.0)
 
 
 @dataclass
 class InnerStep:
     """One inner policy-gradient step of a meta-batch: the data it used and, when second order,
-    the leaf per-task parameters and the inner gradients with their graph (for ``H_k v``)."""
+    the leaf per-task parameters and the inner gradients with their graph (for ``H_k v``), or
+    the closed-form curvature of the inner loss when the policy is a plain ReLU MLP."""
 
     episodes: Episodes
     advantages: Tensor
     leaf: Params
     grads: Grads
+    curvature: InnerLossCurvature | None = None
 
 
 def _grad(outputs: Tensor | Grads, inputs: list[Tensor], **kwargs: Any) -> Grads:
@@ -74,7 +95,9 @@ def inner_update(
 class MetaObjective:
     """The outer TRPO problem of one sampled meta-batch around meta-parameters ``theta``.
 
-    Built from the inner steps (with their graphs) and the post-adaptation ``valid`` episodes;
+    Built from the inner steps (with their graphs or closed-form curvature; ``layers`` selects
+    the closed-form Fisher too) and the post-adaptation ``valid`` episodes (sampled with
+    ``adapted``, recomputed when not given);
     gives the surrogate's value and gradient, KL-Hessian-vector products through the inner
     steps, and the surrogate/KL of any other meta-parameters (re-adapted on the same data).
     """
@@ -88,8 +111,11 @@ class MetaObjective:
         valid_advantages: Tensor,
         inner_lr: float,
         second_order: bool,
+        layers: Layers | None = None,
+        adapted: Params | None = None,
     ) -> None:
         self.policy = policy
+        self.layers = layers
         self.names = list(theta)
         self.shapes = [theta[n].shape for n in self.names]
         self.theta = {n: theta[n].detach() for n in self.names}
@@ -99,7 +125,8 @@ class MetaObjective:
         self.inner_lr = inner_lr
         self.second_order = second_order
         self.num_tasks = valid.num_tasks
-        adapted = self._adapt_without_graph(self.theta)
+        if adapted is None:
+            adapted = self._adapt_without_graph(self.theta)
         self.adapted = {n: adapted[n].detach().requires_grad_() for n in self.names}
         mean, log_std = episode_distribution(policy, self.adapted, valid)
         self.old_mean, self.old_log_std = mean.detach(), log_std.detach()
@@ -107,16 +134,21 @@ class MetaObjective:
             mean, log_std, self.old_mean, self.old_log_std, valid, valid_advantages
         )
         self.loss = float(surrogate.mean().detach())
-        outer_grads = _grad(surrogate.mean(), list(self.adapted.values()))
-        self.gradient = self._to_flat(self._jacobian_transpose(outer_grads))
         # Fisher of the diagonal Gaussian: KL(old || new) has Hessian 1/sigma^2 in the mean and
         # 2 in the log std (no cross term) per valid step; weights average over steps and tasks.
-        counts = valid.masks.sum((1, 2), keepdim=True).clamp_min(1.0)
-        weights = (valid.masks / (counts * self.num_tasks)).unsqueeze(-1)
-        self._mean_weights = weights * torch.exp(-2.0 * self.old_log_std)
-        self._log_std_weights = 2.0 * weights
-        self._outputs_at = lambda p: episode_distribution(policy, p, valid)
-        _, self._outputs_vjp = torch.func.vjp(self._outputs_at, self._detached_adapted())
+        weights = step_weights(valid) / self.num_tasks
+        if layers is not None:
+            observations, _ = flat_inputs(valid)
+            self._fisher = GaussianFisher(layers, self._detached_adapted(), observations, weights)
+        else:
+            self._fisher = None
+            shaped = weights.view(valid.masks.shape).unsqueeze(-1)
+            self._mean_weights = shaped * torch.exp(-2.0 * self.old_log_std)
+            self._log_std_weights = 2.0 * shaped
+            self._outputs_at = lambda p: episode_distribution(policy, p, valid)
+            _, self._outputs_vjp = torch.func.vjp(self._outputs_at, self._detached_adapted())
+        outer_grads = _grad(surrogate.mean(), list(self.adapted.values()))
+        self.gradient = self._to_flat(self._jacobian_transpose(outer_grads))
 
     def _detached_adapted(self) -> Params:
         return {n: p.detach() for n, p in self.adapted.items()}
@@ -124,6 +156,9 @@ class MetaObjective:
     def fisher_vector_product(self, vectors: Grads) -> Grads:
         """Per-task ``F w``: the KL Hessian at the adapted parameters times per-task ``w``."""
         tangents = dict(zip(self.names, vectors))
+        if self._fisher is not None:
+            products = self._fisher.fvp(tangents)
+            return tuple(products[n] for n in self.names)
         _, (d_mean, d_log_std) = torch.func.jvp(
             self._outputs_at, (self._detached_adapted(),), (tangents,)
         )
@@ -158,6 +193,9 @@ class MetaObjective:
 
     # --- products through the inner steps ----------------------------------------------------
     def _inner_hvp(self, step: InnerStep, vectors: Grads) -> Grads:
+        if step.curvature is not None:
+            products = step.curvature.hvp(dict(zip(self.names, vectors)))
+            return tuple(products[n] for n in self.names)
         return _grad(step.grads, list(step.leaf.values()), grad_outputs=vectors, retain_graph=True)
 
     def _through_step(self, step: InnerStep, vectors: Grads) -> Grads:
@@ -241,8 +279,11 @@ class MAMLTRPO:
     ``inner_steps=0`` turns it into plain multi-task TRPO (the paper's "pretrained" baseline).
     ``first_order=True`` drops the inner steps' Hessians (first-order MAML). ``hvp_mode``
     picks how CG's KL-Hessian-vector products are computed: ``"structured"`` (``J^T F J`` on
-    graphs built once, see the module docstring) or ``"autograd"`` (the straightforward
-    double-differentiation of the KL through the inner step, kept as the reference).
+    autograd graphs built once, see the module docstring), ``"closed_form"`` (the same
+    products in closed form for a Linear/ReLU :class:`GaussianMLPPolicy`, see
+    :mod:`mamlkit.rl.mlp_curvature`), ``"autograd"`` (the straightforward double
+    differentiation of the KL through the inner step, kept as the reference), or ``"auto"``
+    (closed form when the policy allows it, else structured).
     """
 
     def __init__(
@@ -256,7 +297,7 @@ class MAMLTRPO:
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         trpo: TRPOSettings | None = None,
-        hvp_mode: str = "structured",
+        hvp_mode: str = "auto",
     ) -> None:
         if hvp_mode not in HVP_MODES:
             raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {hvp_mode!r}")
@@ -276,7 +317,16 @@ class MAMLTRPO:
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.trpo = trpo or TRPOSettings()
+        layers = mlp_layers(policy)
+        if hvp_mode == "closed_form" and layers is None:
+            raise ValueError(
+                "hvp_mode='closed_form' needs a GaussianMLPPolicy whose mean is Linear/ReLU "
+                "layers; use hvp_mode='structured' (any policy) or 'auto'"
+            )
+        if hvp_mode == "auto":
+            hvp_mode = "closed_form" if layers is not None else "structured"
         self.hvp_mode = hvp_mode
+        self.layers = layers if hvp_mode == "closed_form" else None
 
     def meta_parameters(self) -> Params:
         """Current meta-parameters (detached)."""
@@ -305,10 +355,19 @@ class MAMLTRPO:
             start = time.perf_counter()
             advantages = self.advantages(episodes)
             leaf = {n: p.detach().requires_grad_() for n, p in params.items()}
+            graph = second_order and self.layers is None
             new, grads = inner_update(
-                self.policy, leaf, episodes, advantages, self.inner_lr, second_order
+                self.policy, leaf, episodes, advantages, self.inner_lr, graph
             )
-            inner.append(InnerStep(episodes, advantages, leaf, grads if second_order else ()))
+            curvature = None
+            if second_order and self.layers is not None:
+                observations, actions = flat_inputs(episodes)
+                weights = advantages.reshape(len(tasks), -1) * step_weights(episodes)
+                curvature = InnerLossCurvature(
+                    self.layers, {n: p.detach() for n, p in leaf.items()}, observations,
+                    actions, weights,
+                )
+            inner.append(InnerStep(episodes, advantages, leaf, grads if graph else (), curvature))
             params = {n: p.detach() for n, p in new.items()}
             timings["inner"] = timings.get("inner", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
@@ -316,7 +375,8 @@ class MAMLTRPO:
         timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         objective = MetaObjective(
-            self.policy, theta, inner, valid, self.advantages(valid), self.inner_lr, second_order
+            self.policy, theta, inner, valid, self.advantages(valid), self.inner_lr, second_order,
+            layers=self.layers, adapted=params,
         )
         timings["outer"] = timings.get("outer", 0.0) + time.perf_counter() - start
         return objective
@@ -338,8 +398,8 @@ class MAMLTRPO:
             def hvp(v: Tensor) -> Tensor:
                 return objective.hvp(v, settings.cg_damping)
 
-        direction = conjugate_gradient(hvp, objective.gradient, settings.cg_iters)
-        shs = 0.5 * torch.dot(direction, hvp(direction))
+        direction, product = conjugate_gradient(hvp, objective.gradient, settings.cg_iters)
+        shs = 0.5 * torch.dot(direction, product)
         full_step = direction / torch.sqrt(shs.clamp_min(1e-12) / settings.max_kl)
 
         def evaluate(flat: Tensor) -> tuple[float, float]:

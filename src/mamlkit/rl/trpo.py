@@ -40,8 +40,9 @@ class TRPOSettings:
 
 def conjugate_gradient(
     hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10
-) -> Tensor:
-    """Approximate solution of ``H x = b`` for symmetric positive-definite ``H`` given as ``hvp``."""
+) -> tuple[Tensor, Tensor]:
+    """Approximate solution ``x`` of ``H x = b`` for symmetric positive-definite ``H`` given as
+    ``hvp``, and ``H x`` (``= b - residual``, so TRPO's step scaling needs no extra product)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -56,7 +57,7 @@ def conjugate_gradient(
             break
         p = r + (new_rr / rr) * p
         rr = new_rr
-    return x
+    return x, b - r
 
 
 @dataclass
