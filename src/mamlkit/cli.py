@@ -107,8 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(saved, _overrides(args))
     else:
         file_values = read_config_file(args.config) if args.config else {}
-        config = make_config(dict(experiment.defaults), file_values, _overrides(args),
-                             {"task": args.task})
+        config = make_config(experiment.defaults_for({**file_values, **_overrides(args)}),
+                             file_values, _overrides(args), {"task": args.task})
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)

@@ -91,6 +91,15 @@ class TrainConfig:
     """Also log to TensorBoard when it is installed."""
     data_root: str = ""
     """Folder with the datasets (classification and text); empty = $MAMLKIT_DATA."""
+    download: bool = False
+    """Fetch missing dataset files (checked against their published sha256 where one exists)."""
+    class_split: str = ""
+    """Class split of the dataset; empty = the experiment's default (omniglot: paper or official)."""
+    eval_queries: int = 0
+    """Query examples per class in validation and test episodes (0 = as many as shots, as MAML's
+    evaluation code)."""
+    hidden: int = 0
+    """Width of the network (filters per convolution); 0 = the experiment's default."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -105,7 +114,7 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads",
-                    "baseline_iterations", "keep_checkpoints"):
+                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.checkpoint_every < 1:

@@ -31,6 +31,21 @@ class Experiment:
     train: Callable[[TrainConfig, Path, bool], dict[str, Any]]
     evaluate: Callable[[TrainConfig, Path], dict[str, Any]]
     aliases: tuple[str, ...] = field(default=())
+    derived_defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    """Defaults that depend on other settings (e.g. Omniglot's 20-way meta-batch): called with
+    the merged settings, see :meth:`defaults_for`."""
+
+    def defaults_for(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
+        """The experiment's defaults given the values the user chose (config file and options).
+
+        Some literature defaults depend on other settings (Omniglot's 20-way runs use a smaller
+        meta-batch and more inner steps than 5-way ones): ``derived_defaults`` receives the
+        defaults merged with ``chosen`` and returns those dependent values, which replace the
+        plain defaults but are still overridden by anything in ``chosen``.
+        """
+        merged = {**self.defaults, **chosen}
+        derived = self.derived_defaults(merged) if self.derived_defaults else {}
+        return {**self.defaults, **derived}
 
 
 _REGISTRY: dict[str, str] = {
@@ -39,6 +54,9 @@ _REGISTRY: dict[str, str] = {
     "banking77": "mamlkit.experiments.text:BANKING77",
     "clinc150": "mamlkit.experiments.text:CLINC150",
     "fewrel": "mamlkit.experiments.text:FEWREL",
+    "omniglot": "mamlkit.experiments.vision:OMNIGLOT",
+    "miniimagenet": "mamlkit.experiments.vision:MINIIMAGENET",
+    "cifar-fs": "mamlkit.experiments.vision:CIFAR_FS",
 }
 """Experiment name -> ``module:attribute`` of its :class:`Experiment`."""
 
