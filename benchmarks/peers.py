@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks._peers`` imp
 
 import torch
 
-from benchmarks._peers.runner import MODULES, worker, workload_fields
+from benchmarks._peers.runner import MODULES, check_worker, worker, workload_fields
 from benchmarks._peers.workloads import SCALING, WORKLOADS, Workload
 
 PEERS = ("learn2learn", "higher", "torchopt", "plain")
@@ -53,6 +53,7 @@ class Result:
     error: str = ""
     grads: list | None = None
     times_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
     grad_error: float | None = None
 
@@ -84,32 +85,55 @@ def relative_error(grads: list, reference: list) -> float:
     return (num / den) ** 0.5 if den > 0 else float(num > 0)
 
 
+def _call(ctx, target, args: tuple, timeout: float) -> tuple:
+    """Run ``target(conn, *args)`` in a fresh process and return its one reply."""
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, *args), daemon=True)
+    proc.start()
+    reply = parent.recv() if parent.poll(timeout) else ("error", f"no reply within {timeout:.0f} s")
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+    return reply
+
+
 def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace) -> list[Result]:
     """Start one process per implementation, check gradients, then time them in turns."""
     ctx = mp.get_context("spawn")
-    results, running = [], []
-    for impl in impls:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=worker, daemon=True,
-                           args=(child, impl, workload_fields(workload), args.device,
-                                 args.threads, args.seed))
-        proc.start()
-        result = Result(impl)
-        reply = parent.recv() if parent.poll(args.setup_timeout) else ("error", "set-up timed out")
+    results = [Result(impl) for impl in impls]
+    for result in results:  # the gradient check, each in a process of its own
+        reply = _call(ctx, check_worker, (result.impl, workload_fields(workload), args.device,
+                                          args.threads, args.seed, args.check_dtype),
+                      args.setup_timeout)
         if reply[0] == "ready":
             _, result.grads, result.version, result.note = reply
+        else:
+            result.error = reply[1].strip().splitlines()[0]
+    reference = next((r for r in results if r.impl == "plain" and r.grads), None)
+    reference = reference or next((r for r in results if r.grads), None)
+    for result in results:
+        if result.grads is not None:
+            result.grad_error = relative_error(result.grads, reference.grads)
+        status = result.error or f"meta-gradient rel. error {result.grad_error:.1e} ({args.check_dtype})"
+        print(f"  {workload.name}: {result.label}: {status}", flush=True)
+    for result in results:
+        result.grads = None
+
+    running = []
+    for result in results:
+        if result.error:
+            continue
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, daemon=True,
+                           args=(child, result.impl, workload_fields(workload), args.device,
+                                 args.threads, args.seed))
+        proc.start()
+        reply = parent.recv() if parent.poll(args.setup_timeout) else ("error", "set-up timed out")
+        if reply[0] == "ready":
             running.append((result, parent, proc))
         else:
             result.error = reply[1].strip().splitlines()[0]
-            proc.join(5)
-        results.append(result)
-        print(f"  {workload.name}: {result.label}: {result.error or 'ready'}", flush=True)
-
-    reference = next((r for r in results if r.impl == "plain" and r.grads), None)
-    reference = reference or next((r for r in results if r.grads), None)
-    for result, _, _ in running:
-        result.grad_error = relative_error(result.grads, reference.grads)
-        result.grads = None
+            proc.kill()
 
     rounds = args.warmup + args.iters
     for i in range(rounds):
@@ -119,12 +143,13 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
                 continue
             try:
                 conn.send("step")
-                ms = conn.recv()
+                ms, cpu_ms = conn.recv()
             except (EOFError, OSError, BrokenPipeError) as error:
                 result.error = f"process died during a step ({type(error).__name__})"
                 continue
             if i >= args.warmup:
                 result.times_ms.append(ms)
+                result.cpu_ms.append(cpu_ms)
     for result, conn, proc in running:
         if not result.error:
             conn.send("memory")
@@ -142,20 +167,22 @@ def format_table(workload: Workload, results: list[Result], tolerance: float) ->
     peers = [r for r in timed if r.is_peer]
     fastest = min(peers, key=lambda r: r.median) if peers else None
     lines = [f"### {workload.name}: {workload.description}", "",
-             "| implementation | ms/iter median (min-max) | speed-up vs fastest peer | peak memory MB "
-             "| memory vs fastest peer | meta-gradient rel. error |",
-             "|---|---|---|---|---|---|"]
+             "| implementation | ms/iter median (min-max) | speed-up vs fastest peer | CPU ms/iter "
+             "| CPU speed-up | peak memory MB | memory vs fastest peer | meta-gradient rel. error |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if not r.times_ms:
-            lines.append(f"| {r.label} | not run: {r.error} | | | | |")
+            lines.append(f"| {r.label} | not run: {r.error} | | | | | | |")
             continue
         speed = f"{fastest.median / r.median:.2f}x" if fastest else "n/a"
+        cpu = statistics.median(r.cpu_ms)
+        cpu_speed = f"{statistics.median(fastest.cpu_ms) / cpu:.2f}x" if fastest else "n/a"
         peak = r.peak_bytes / 2 ** 20
         mem = (f"{peak / max(fastest.peak_bytes / 2 ** 20, 1e-9):.2f}x" if fastest and fastest.peak_bytes
                else "n/a")
         flag = "" if r.grad_error is not None and r.grad_error <= tolerance else " MISMATCH"
         lines.append(f"| {r.label} | {r.median:.1f} ({min(r.times_ms):.1f}-{max(r.times_ms):.1f}) "
-                     f"| {speed} | {peak:.0f} | {mem} | {r.grad_error:.1e}{flag} |")
+                     f"| {speed} | {cpu:.1f} | {cpu_speed} | {peak:.0f} | {mem} | {r.grad_error:.1e}{flag} |")
     if fastest:
         lines.append(f"\nfastest peer: {fastest.label}; {len(timed[0].times_ms)} timed iterations")
     return "\n".join(lines)
@@ -182,6 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads in every process (default: torch's)")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest relative meta-gradient difference to the plain loop")
+    parser.add_argument("--check-dtype", default="float64", choices=["float64", "float32"],
+                        help="precision of the gradient check (float64: differences are the "
+                             "implementations', not float32 rounding amplified by the second "
+                             "order)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--setup-timeout", type=float, default=1800.0,
                         help="seconds one implementation may take to set up and compute its "

@@ -59,25 +59,49 @@ def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any
     return module.prepare(model, workload), version, note
 
 
+def check_worker(conn: Connection, impl: str, workload_fields: dict, device: str, threads: int,
+                 seed: int, dtype: str) -> None:
+    """Process entry point: send the meta-gradient at the initial parameters in ``dtype``.
+
+    A separate process from the timed one, so the check's memory does not count in the peak.
+    Sends ``("ready", grads, version, note)`` or ``("error", text)``.
+    """
+    try:
+        torch.set_num_threads(threads)
+        workload = Workload(**workload_fields)
+        model = build_model(workload, seed).to(device=device, dtype=getattr(torch, dtype)).train()
+        batch = tuple(t.to(device=device, dtype=getattr(torch, dtype)) if t.is_floating_point()
+                      else t.to(device) for t in make_batch(workload, seed + 1))
+        meta_gradient, version, note = _prepare(impl, workload, model)
+        learner = getattr(meta_gradient, "learner", None)
+        if learner is not None:
+            import mamlkit
+
+            note += f"; batching={learner.batching_for(mamlkit.TaskBatch(*batch))}"
+        model.zero_grad(set_to_none=True)
+        meta_gradient(batch)
+        grads = [p.grad.detach().cpu().clone() if p.grad is not None else None
+                 for p in model.parameters()]
+        conn.send(("ready", grads, version, note))
+    except Exception as error:  # noqa: BLE001 - reported in the table, not fatal for the others
+        conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"))
+
+
 def worker(conn: Connection, impl: str, workload_fields: dict, device: str, threads: int,
            seed: int) -> None:
-    """Process entry point: set up, send the initial meta-gradient, then time steps on request.
+    """Process entry point: set up, then time meta-iterations on request.
 
-    Messages sent: ``("ready", grads, version, note)`` or ``("error", text)``; then one float
-    (milliseconds) per ``"step"`` request and ``(peak_bytes,)`` for ``"memory"``.
+    Messages sent: ``("ready",)`` or ``("error", text)``; then a ``(wall, cpu)`` milliseconds
+    pair per ``"step"`` request and ``(peak_bytes,)`` for ``"memory"``. The peak counts from the
+    resident memory (GPU: allocated memory) after set-up.
     """
     try:
         torch.set_num_threads(threads)
         workload = Workload(**workload_fields)
         model = build_model(workload, seed).to(device).train()
         batch = tuple(t.to(device) for t in make_batch(workload, seed + 1))
-        meta_gradient, version, note = _prepare(impl, workload, model)
+        meta_gradient, _, _ = _prepare(impl, workload, model)
         optimizer = torch.optim.Adam(model.parameters(), lr=workload.meta_lr)
-        learner = getattr(meta_gradient, "learner", None)
-        if learner is not None:
-            import mamlkit
-
-            note += f"; batching={learner.batching_for(mamlkit.TaskBatch(*batch))}"
         cuda = device.startswith("cuda")
 
         def sync() -> None:
@@ -88,24 +112,21 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
         baseline = torch.cuda.memory_allocated() if cuda else resident_bytes()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        optimizer.zero_grad(set_to_none=True)
-        meta_gradient(batch)
-        grads = [p.grad.detach().cpu().clone() if p.grad is not None else None
-                 for p in model.parameters()]
-        conn.send(("ready", grads, version, note))
-    except Exception as error:  # noqa: BLE001 - reported in the table, not fatal for the others
+        conn.send(("ready",))
+    except Exception as error:  # noqa: BLE001
         conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"))
         return
     while True:
         command = conn.recv()
         if command == "step":
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
             meta_gradient(batch)
             optimizer.step()
             sync()
-            conn.send((time.perf_counter() - start) * 1000.0)
+            conn.send(((time.perf_counter() - start) * 1000.0,
+                       (time.process_time() - cpu_start) * 1000.0))
         elif command == "memory":
             peak = torch.cuda.max_memory_allocated() if cuda else peak_resident_bytes()
             conn.send((peak - baseline,))

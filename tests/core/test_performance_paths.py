@@ -7,6 +7,8 @@ with an independent computation in float64 and check that the fast path is reall
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -101,3 +103,22 @@ def test_under_vmap_tells_the_transform_stack():
     torch.func.grad(record)(torch.ones(2))
     torch.func.vmap(torch.func.grad(record))(torch.ones(3, 2))
     assert seen == [False, False, True]
+
+
+def test_loop_meta_backward_keeps_one_task_graph_alive(monkeypatch):
+    """Under the loop, meta_backward backpropagates task by task: one graph alive at a time."""
+    model = _bn_cnn()
+    learner = MAML(model, inner_lr=0.3, loss="cross_entropy", batching="loop")
+    batch = _image_batch(tasks=4)
+    expected = _meta_grad(MAML(copy.deepcopy(model), inner_lr=0.3, loss="cross_entropy",
+                               batching="vmap"), batch)
+    sizes = []
+    original = learner.batched_objective
+
+    def record(chunk, mode=None):
+        sizes.append(chunk.num_tasks)
+        return original(chunk, mode)
+
+    monkeypatch.setattr(learner, "batched_objective", record)
+    torch.testing.assert_close(_meta_grad(learner, batch), expected, rtol=1e-10, atol=1e-12)
+    assert sizes == [1, 1, 1, 1]

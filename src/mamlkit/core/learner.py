@@ -248,11 +248,14 @@ class MetaLearner(nn.Module):
 
         Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
         is bounded by the chunk, not the meta-batch; the accumulated gradient equals that of
-        ``meta_loss(batch)[0].backward()``. Returns the mean metrics (``loss`` included).
+        ``meta_loss(batch)[0].backward()``. Under the per-task loop each task is backpropagated
+        as soon as it is computed (the same work, but only one task's graph is alive at a time).
+        Returns the mean metrics (``loss`` included).
         """
         total = batch.num_tasks
         sums: dict[str, float] = {}
-        for chunk in iterate_chunks(batch, self.chunk_size or total):
+        size = 1 if self.batching_for(batch) == "loop" else (self.chunk_size or total)
+        for chunk in iterate_chunks(batch, size):
             losses, metrics = self.batched_objective(chunk)
             (losses.sum() / total).backward()
             metrics = {"loss": losses.detach(), **metrics}
