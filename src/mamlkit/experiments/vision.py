@@ -202,12 +202,13 @@ def check_episodes(config: TrainConfig, data: Mapping[str, ClassImages]) -> None
     fewer classes than ``ways`` or fewer examples per class than shots plus queries."""
     spec = dataset_spec(config)
     for role, images in data.items():
-        queries = config.queries if role == "train" else eval_queries(config)
-        flag = "--queries" if role == "train" else "--eval-queries"
         if len(images) < config.ways:
             raise ValueError(
                 f"ways={config.ways} but the meta-{role} split of {spec.name} has only "
                 f"{len(images)} classes; use --ways {len(images)} or fewer.")
+    for role, images in data.items():
+        queries = config.queries if role == "train" else eval_queries(config)
+        flag = "--queries" if role == "train" else "--eval-queries"
         counts = ([len(c) for c in images.images] if isinstance(images.images, list)
                   else [images.images.shape[1]])
         smallest = min(counts)
@@ -446,6 +447,10 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """The paper's protocol on the meta-test split: accuracy (mean ± 95% CI over ``test_tasks``
     fixed episodes) after 0..``eval_inner_steps`` steps for MAML and both baselines; prints the
     table, saves ``eval/results.json``, ``eval/table.txt`` and the plots."""
+    best = run_dir / "maml" / "checkpoints" / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{best} does not exist; train the run first (mamlkit train "
+                                "... --run-dir) or pass the folder of a finished run.")
     data = load_all(config, ("val", "test"))
     steps = config.eval_inner_steps
     queries = eval_queries(config)
