@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from mamlkit.core.params import named_params
+
 Params = dict[str, Tensor]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -59,8 +61,9 @@ class GaussianMLPPolicy(nn.Module):
 
 
 def policy_params(policy: nn.Module) -> Params:
-    """The policy's parameters as a name -> tensor dict (the form the functional calls take)."""
-    return dict(policy.named_parameters())
+    """The policy's parameters as a name -> tensor dict (the form the functional calls take;
+    the engine's :func:`mamlkit.core.params.named_params`)."""
+    return named_params(policy)
 
 
 def check_policy_spaces(
