@@ -15,6 +15,9 @@ meta-batch: a Hessian-vector product of each inner loss (reverse over the stored
 graph) on the way in and out, and one of the KL at the adapted parameters. No third-order pass
 through the inner step is ever taken, and nothing is recomputed between CG iterations. All
 tasks run together: per-task parameters are ``[tasks, ...]`` and the policy is ``vmap``-ed.
+For the paper's policy (a Linear/ReLU :class:`~mamlkit.rl.policy.GaussianMLPPolicy`) both
+products are evaluated in closed form on cached activations (:mod:`mamlkit.rl.mlp_curvature`),
+the default; any other policy uses the autograd graphs.
 """
 
 from __future__ import annotations
