@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mamlkit.cli import main
-from mamlkit.config import make_config
+from mamlkit.config import make_config, read_config_file
 from mamlkit.datasets.cifar_fs import BERTINETTO_SPLITS
 from mamlkit.datasets.miniimagenet import RAVI_SPLITS
 from mamlkit.experiments import get_experiment
@@ -23,6 +23,7 @@ from mamlkit.experiments.vision import (
     load_split,
 )
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = ["--iterations", "2", "--meta-batch-size", "2", "--hidden", "4", "--val-every", "1",
         "--val-tasks", "4", "--test-tasks", "6", "--eval-inner-steps", "2",
         "--checkpoint-every", "1", "--baseline-iterations", "2", "--no-tensorboard",
@@ -138,6 +139,20 @@ def test_omniglot_defaults_follow_ways_and_shots() -> None:
     assert make_config(mini.defaults_for({"shots": 5}), {"shots": 5}).meta_batch_size == 2
     one = make_config(mini.defaults_for({}))
     assert (one.meta_batch_size, one.inner_steps, one.inner_lr, one.queries) == (4, 5, 0.01, 15)
+
+
+@pytest.mark.parametrize("path", [*sorted(CONFIGS.glob("omniglot_*.toml")),
+                                  *sorted(CONFIGS.glob("miniimagenet_*.toml"))],
+                         ids=lambda p: p.name)
+def test_config_files_hold_the_same_settings_as_the_defaults(path) -> None:
+    values = read_config_file(path)
+    experiment = get_experiment(values["task"])
+    from_file = make_config(experiment.defaults_for(values), values)
+    chosen = {"ways": values["ways"], "shots": values["shots"]}
+    from_defaults = make_config(experiment.defaults_for(chosen), chosen)
+    keys = ("meta_batch_size", "inner_steps", "inner_lr", "queries", "eval_inner_steps",
+            "meta_lr", "test_tasks", "iterations")
+    assert {k: getattr(from_file, k) for k in keys} == {k: getattr(from_defaults, k) for k in keys}
 
 
 def test_ways_20_on_the_command_line_takes_the_20_way_settings(omniglot_root, tmp_path) -> None:
