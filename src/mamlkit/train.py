@@ -282,10 +282,11 @@ def _restore(state: dict[str, Any], path: Path, learner: MetaLearner,
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         raise ValueError(
             f"{path} does not fit this model or algorithm ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}). Resume with the configuration the run was started "
-            "with, or start a new run.") from error
+            f"{detail[:400]}). Resume with the configuration the run was started with, or start "
+            "a new run.") from error
     per_rank = state.get("ranks") or [{"sampler": state["sampler"], "rng": state["rng"]}]
     mine = per_rank[context.rank]
     tasks.load_state_dict(mine["sampler"])
