@@ -1,0 +1,337 @@
+"""Compare every meta-learning algorithm on identical episodes, and iMAML's memory against MAML's.
+
+Suites (each algorithm runs in its own subprocess, so peak memory is its own):
+
+- ``sinusoid``: Finn et al. 2017's sinusoid regression, 10-shot, the 1-40-40-1 ReLU network, a
+  fixed number of meta-iterations per algorithm; test: MSE after 1 adaptation step on >= 1,000
+  fixed held-out tasks (mean ± 95% CI).
+- ``omniglot``: 5-way 1-shot Omniglot (MAML's split with rotations, four-block CNN), the same
+  wall-clock training budget per algorithm; test: accuracy after the evaluation steps on 600 fixed
+  episodes of the test split (mean ± 95% CI).
+- ``memory``: peak resident memory of one meta-iteration of MAML vs iMAML with 1, 5 and 20 inner
+  steps on Omniglot-shaped episodes (the implicit gradient's memory should not grow).
+
+Every row also reports seconds per meta-iteration and the process's peak resident memory
+(increase over the state right before training, via Linux's resettable high-water mark).
+
+Usage::
+
+    python benchmarks/algorithms_compare.py                       # the full comparison
+    python benchmarks/algorithms_compare.py --quick               # a seconds-scale smoke run
+    python benchmarks/algorithms_compare.py --suites sinusoid --algorithms maml reptile \\
+        --sinusoid-iterations 3000 --omniglot-minutes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mamlkit.algorithms import ALGORITHMS, IMAML, MAML, make_algorithm
+from mamlkit.core.learner import MetaLearner
+from mamlkit.tasks.base import TaskBatch
+
+REPO = Path(__file__).resolve().parents[1]
+Z_95 = 1.959963984540054
+
+SINUSOID = {
+    # Finn et al. 2017: inner lr 0.01, one step, meta-batch 25, Adam 1e-3, K = 10.
+    "common": {"inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 1, "loss": "mse"},
+    "reptile": {"inner_steps": 5},  # several steps, or Reptile is joint training; tested with 1
+    "imaml": {"inner_steps": 5, "regularization": 2.0, "cg_steps": 5},
+}
+OMNIGLOT = {
+    # Finn et al. 2017: inner lr 0.4, one step in training, three at test, Adam 1e-3.
+    "common": {"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3, "loss": "cross_entropy"},
+    "reptile": {"inner_steps": 3},
+    "imaml": {"inner_steps": 5, "regularization": 2.0, "cg_steps": 5},
+}
+
+
+def learner_kwargs(table: dict[str, dict[str, Any]], algorithm: str) -> dict[str, Any]:
+    """Constructor arguments of ``algorithm`` for a suite (common settings, then its own)."""
+    return {**table["common"], **table.get(algorithm, {})}
+
+
+# ---------------------------------------------------------------------- measurement helpers
+def current_rss_mb() -> float:
+    """Resident memory of this process now (MB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Return freed heap memory to the system, then reset Linux's peak-RSS mark (``VmHWM``) so
+    later peaks exclude setup; False if unsupported."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (MB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mean_ci(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and 95% normal-approximation confidence half-width."""
+    values = values.double().flatten()
+    std = float(values.std()) if values.numel() > 1 else 0.0
+    return float(values.mean()), Z_95 * std / math.sqrt(values.numel())
+
+
+def train(learner: MetaLearner, sample: Any, meta_batch_size: int, iterations: int | None,
+          seconds: float | None, meta_lr: float) -> dict[str, float]:
+    """Adam on the meta-parameters until ``iterations`` or ``seconds`` (whichever comes first)."""
+    if not getattr(learner, "meta_trainable", True):
+        return {"iterations": 0, "train_s": 0.0}
+    optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
+    learner.train()
+    done, spent = 0, 0.0
+    while (iterations is None or done < iterations) and (seconds is None or spent < seconds):
+        batch = sample(meta_batch_size)
+        tick = time.perf_counter()
+        if hasattr(learner, "set_iteration"):
+            learner.set_iteration(done)
+        optimizer.zero_grad(set_to_none=True)
+        learner.meta_backward(batch)
+        optimizer.step()
+        spent += time.perf_counter() - tick
+        done += 1
+    return {"iterations": done, "train_s": spent}
+
+
+def evaluate(learner: MetaLearner, batches: Any, steps: int, metric: str) -> torch.Tensor:
+    """Per-task ``metric`` after ``steps`` adaptation steps (no graph)."""
+    learner.eval()
+    values = [learner.adaptation_curve(batch, steps)[metric][steps] for batch in batches]
+    return torch.cat(values)
+
+
+# ---------------------------------------------------------------------- workers
+def sinusoid_worker(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and test one algorithm on sinusoid regression."""
+    from mamlkit.models import sinusoid_mlp
+    from mamlkit.tasks.regression import Sinusoid
+
+    torch.manual_seed(args.seed)
+    learner = make_algorithm(algorithm, sinusoid_mlp(), **learner_kwargs(SINUSOID, algorithm))
+    tasks = Sinusoid(shots=10, queries=10, seed=args.seed)
+    test = Sinusoid(shots=10, queries=10).fixed_tasks(args.sinusoid_test_tasks, seed=args.seed + 1000)
+    test_batches = [test.slice(slice(i, i + 500)) for i in range(0, test.num_tasks, 500)]
+    reset_peak_rss()
+    before = current_rss_mb()
+    stats = train(learner, tasks.sample, 25, args.sinusoid_iterations, None, args.meta_lr)
+    peak = peak_rss_mb() - before
+    mse = evaluate(learner, test_batches, 1, "query_loss")
+    mean, ci = mean_ci(mse)
+    return {**stats, "peak_mb": peak, "mean": mean, "ci95": ci, "tasks": mse.numel()}
+
+
+def omniglot_worker(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one algorithm for the wall-clock budget on Omniglot 5-way 1-shot and test it."""
+    from mamlkit.datasets import Omniglot
+    from mamlkit.models import omniglot_cnn
+
+    root = Path(args.data) / "omniglot"
+    sampler = Omniglot(root, split="train").sampler(5, 1, args.omniglot_train_queries, seed=args.seed)
+    test = Omniglot(root, split="test").sampler(5, 1, 15, seed=args.seed)
+    episodes = test.fixed_episodes(args.omniglot_test_episodes, seed=args.seed + 1000, meta_batch_size=50)
+    torch.manual_seed(args.seed)
+    kwargs = learner_kwargs(OMNIGLOT, algorithm)
+    learner = make_algorithm(algorithm, omniglot_cnn(5), **kwargs)
+    reset_peak_rss()
+    before = current_rss_mb()
+    stats = train(learner, sampler.sample, args.omniglot_meta_batch, None, args.omniglot_minutes * 60,
+                  args.meta_lr)
+    peak = peak_rss_mb() - before
+    accuracy = evaluate(learner, episodes, kwargs["eval_inner_steps"], "query_accuracy")
+    mean, ci = mean_ci(accuracy)
+    return {**stats, "peak_mb": peak, "mean": mean, "ci95": ci, "tasks": accuracy.numel()}
+
+
+def memory_worker(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of meta-iterations of MAML or iMAML (``spec`` = ``name:steps``) on the CNN."""
+    from mamlkit.models import omniglot_cnn
+
+    name, steps = spec.split(":")
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    tasks, ways, shots, queries = 2, 5, args.memory_shots, 15
+    # Memory does not depend on pixel values: Omniglot-shaped random episodes.
+    labels = torch.arange(ways)
+    batch = TaskBatch(torch.rand(tasks, ways * shots, 1, 28, 28, generator=g),
+                      labels.repeat_interleave(shots).expand(tasks, -1).clone(),
+                      torch.rand(tasks, ways * queries, 1, 28, 28, generator=g),
+                      labels.repeat_interleave(queries).expand(tasks, -1).clone())
+    common = {"inner_lr": 0.4, "inner_steps": int(steps), "loss": "cross_entropy", "chunk_size": 1}
+    learner = (MAML(omniglot_cnn(ways), **common) if name == "maml"
+               else IMAML(omniglot_cnn(ways), regularization=2.0, cg_steps=5, **common))
+    with torch.no_grad():  # lazy initialisation only: a warm-up meta-iteration would leave its
+        learner.model(batch.query_x[0])  # freed memory mapped, hiding the next one's peak
+    reset_peak_rss()
+    before = current_rss_mb()
+    tick = time.perf_counter()
+    for _ in range(args.memory_iterations):
+        learner.zero_grad(set_to_none=True)
+        learner.meta_backward(batch)
+    seconds = (time.perf_counter() - tick) / args.memory_iterations
+    return {"iterations": args.memory_iterations, "train_s": seconds * args.memory_iterations,
+            "peak_mb": peak_rss_mb() - before}
+
+
+WORKERS = {"sinusoid": sinusoid_worker, "omniglot": omniglot_worker, "memory": memory_worker}
+
+
+# ---------------------------------------------------------------------- driver
+def run_worker(suite: str, item: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one (suite, algorithm) in a fresh interpreter and return its JSON result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, __file__, "--worker", suite, item, "--out", str(out),
+                   *args.passthrough]
+        # Large tensors straight from mmap, so freed memory leaves RSS and peaks are comparable.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+        return json.loads(out.read_text())
+
+
+def per_iteration(result: dict[str, Any]) -> str:
+    return f"{result['train_s'] / result['iterations']:.3f}" if result.get("iterations") else "-"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suites", nargs="+", default=["sinusoid", "omniglot", "memory"],
+                        choices=sorted(WORKERS))
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    parser.add_argument("--sinusoid-iterations", type=int, default=3000)
+    parser.add_argument("--sinusoid-test-tasks", type=int, default=1000)
+    parser.add_argument("--omniglot-minutes", type=float, default=5.0,
+                        help="training wall-clock budget per algorithm")
+    parser.add_argument("--omniglot-meta-batch", type=int, default=8)
+    parser.add_argument("--omniglot-train-queries", type=int, default=5, help="query examples per class")
+    parser.add_argument("--omniglot-test-episodes", type=int, default=600)
+    parser.add_argument("--memory-steps", nargs="+", type=int, default=[1, 5, 20])
+    parser.add_argument("--memory-iterations", type=int, default=2)
+    parser.add_argument("--memory-shots", type=int, default=5, help="support examples per class")
+    parser.add_argument("--meta-lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=os.environ.get("MAMLKIT_DATA",
+                                                         str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny budgets (sinusoid 50 iterations/200 tasks, Omniglot 5 s/50 episodes)")
+    parser.add_argument("--worker", nargs=2, metavar=("SUITE", "ITEM"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sinusoid_iterations, args.sinusoid_test_tasks = 50, 200
+        args.omniglot_minutes, args.omniglot_test_episodes = 5 / 60, 50
+        args.memory_steps, args.memory_iterations = [1, 5], 1
+    if "omniglot" in args.suites and not args.worker and not (Path(args.data) / "omniglot").is_dir():
+        parser.error(f"Omniglot not found under {args.data}; pass --data <folder with omniglot/> or drop "
+                     "omniglot from --suites.")
+    for name in ("sinusoid_iterations", "sinusoid_test_tasks", "omniglot_meta_batch",
+                 "omniglot_test_episodes", "memory_iterations", "memory_shots", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1.")
+    args.passthrough = [
+        "--sinusoid-iterations", str(args.sinusoid_iterations),
+        "--sinusoid-test-tasks", str(args.sinusoid_test_tasks),
+        "--omniglot-minutes", str(args.omniglot_minutes),
+        "--omniglot-meta-batch", str(args.omniglot_meta_batch),
+        "--omniglot-train-queries", str(args.omniglot_train_queries),
+        "--omniglot-test-episodes", str(args.omniglot_test_episodes),
+        "--memory-iterations", str(args.memory_iterations), "--memory-shots", str(args.memory_shots),
+        "--meta-lr", str(args.meta_lr), "--threads", str(args.threads), "--seed", str(args.seed),
+        "--data", args.data,
+    ]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        suite, item = args.worker
+        result = WORKERS[suite](item, args)
+        Path(args.out).write_text(json.dumps(result))
+        return
+    print(f"torch {torch.__version__}, {args.threads} thread(s) per run, seed {args.seed}; "
+          f"one subprocess per row")
+    if "sinusoid" in args.suites:
+        rows = []
+        for algorithm in args.algorithms:
+            r = run_worker("sinusoid", algorithm, args)
+            rows.append([algorithm, "error: " + r["error"]] + [""] * 4 if "error" in r else [
+                algorithm, f"{r['mean']:.3f} ± {r['ci95']:.3f}", str(r["iterations"]), per_iteration(r),
+                f"{r['peak_mb']:.0f}", str(r["tasks"])])
+            print(f"  sinusoid {algorithm}: {rows[-1][1]}", flush=True)
+        print_table(f"Sinusoid 10-shot, MSE after 1 step (± 95% CI), {args.sinusoid_iterations} "
+                    "meta-iterations of 25 tasks",
+                    ["algorithm", "MSE", "iterations", "s/iter", "peak MB", "test tasks"], rows)
+    if "omniglot" in args.suites:
+        rows = []
+        for algorithm in args.algorithms:
+            r = run_worker("omniglot", algorithm, args)
+            rows.append([algorithm, "error: " + r["error"]] + [""] * 4 if "error" in r else [
+                algorithm, f"{100 * r['mean']:.1f} ± {100 * r['ci95']:.1f}", str(r["iterations"]),
+                per_iteration(r), f"{r['peak_mb']:.0f}", str(r["tasks"])])
+            print(f"  omniglot {algorithm}: {rows[-1][1]}", flush=True)
+        print_table(f"Omniglot 5-way 1-shot, accuracy % (± 95% CI), {args.omniglot_minutes:g} min of "
+                    f"training each, meta-batch {args.omniglot_meta_batch}",
+                    ["algorithm", "accuracy", "iterations", "s/iter", "peak MB", "test episodes"], rows)
+    if "memory" in args.suites:
+        rows = []
+        for name in ("maml", "imaml"):
+            for steps in args.memory_steps:
+                r = run_worker("memory", f"{name}:{steps}", args)
+                rows.append([name, str(steps), "error: " + r["error"], ""] if "error" in r else
+                            [name, str(steps), f"{r['peak_mb']:.0f}", per_iteration(r)])
+                print(f"  memory {name} {steps} steps: {rows[-1][2]} MB", flush=True)
+        print_table(f"Peak memory of a meta-iteration (2 tasks of 5-way {args.memory_shots}-shot, 15 "
+                    "queries/class, 4-block CNN, one task at a time)",
+                    ["algorithm", "inner steps", "peak MB over baseline", "s/iter"], rows)
+
+
+if __name__ == "__main__":
+    main()
