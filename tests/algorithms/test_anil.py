@@ -92,3 +92,22 @@ def test_bad_heads_are_rejected_with_the_fix() -> None:
     with pytest.raises(ValueError, match="head to be the last module"):
         learner = ANIL(nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 1), nn.Tanh()).double(), head="1")
         learner.meta_loss(regression_batch())
+
+
+class TwiceHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(2, 1)
+        self.head = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head(self.body(x)))
+
+
+def test_heads_without_parameters_or_applied_twice_are_rejected() -> None:
+    with pytest.raises(ValueError, match="no parameters to adapt"):
+        ANIL(nn.Sequential(nn.Linear(2, 1), nn.Tanh()).double(), head="1")
+    learner = ANIL(TwiceHead().double(), head="head")
+    with pytest.raises(ValueError, match="ran 2 times"):
+        learner.meta_loss(regression_batch())
+

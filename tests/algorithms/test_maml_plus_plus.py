@@ -43,6 +43,8 @@ def test_msl_weights_sum_to_one_anneal_and_follow_the_papers_code(steps: int) ->
             assert weights[-1] >= previous[-1] and weights[0] <= previous[0]
         previous = weights
     assert msl_weights(steps, 0.0) == pytest.approx([1.0 / steps] * steps)
+    with pytest.raises(ValueError, match="at least one inner step"):
+        msl_weights(0, 0.5)
     if steps > 1:
         assert msl_weights(steps, 1.0)[0] == pytest.approx(0.03 / steps)
         assert msl_weights(steps, 0.5)[-1] > msl_weights(steps, 0.1)[-1]
