@@ -84,13 +84,21 @@ class ImageDataset:
     """
 
     name: str
+    """Display name (in messages and tables)."""
     folder: str
+    """Sub-folder of the data root holding the files."""
     files: str
+    """The published files, as named in error messages."""
     in_channels: int
+    """Image channels (1 for Omniglot, 3 for RGB)."""
     image_size: int
+    """Side of the square images."""
     hidden: int
+    """Filters per convolution of MAML's network for this dataset."""
     class_splits: tuple[str, ...]
+    """Accepted ``--class-split`` values, the default first."""
     load: Callable[[Path, str, str, bool], ClassImages]
+    """``load(folder, role, class_split, download)``."""
 
 
 class ClassSubset(ClassImages):
