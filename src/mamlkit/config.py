@@ -100,6 +100,15 @@ class TrainConfig:
     evaluation code)."""
     hidden: int = 0
     """Width of the network (filters per convolution); 0 = the experiment's default."""
+    encoder: str = "pretrained"
+    """Text encoder: pretrained (frozen MiniLM + meta-learned head), bag, cnn (trainable, no
+    pretrained weights) or last-layer (adapt MiniLM's last layer + head)."""
+    cache_dir: str = ""
+    """Folder for cached text embeddings; empty = $MAMLKIT_CACHE/text or ~/.cache/mamlkit/text."""
+    max_tokens: int = 32
+    """Tokens kept per text (bag, cnn and last-layer encoders)."""
+    max_per_class: int = 0
+    """Use at most this many examples of each class, in file order (0 = all; for quick runs)."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -126,6 +135,14 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
+        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer"):
+            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, got "
+                             f"{self.encoder!r}.")
+        if self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}.")
+        if self.max_per_class < 0:
+            raise ValueError(f"max_per_class must be >= 0 (0 = all examples), got "
+                             f"{self.max_per_class}.")
         if not self.eval_shots or any(k < 1 for k in self.eval_shots):
             raise ValueError(f"eval_shots must be a non-empty list of sizes >= 1, "
                              f"got {self.eval_shots}.")

@@ -30,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,10 @@ BAG_EMBEDDING_DIM = 64
 """Word-vector size of the bag and cnn encoders."""
 FINE_TUNE_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 """Step sizes tried for the fine-tune-from-random-init baseline (chosen on validation episodes)."""
-FINE_TUNE_STEPS = 100
-"""Most full-batch steps the fine-tune baseline may take (the best count is chosen on validation
-episodes); the last-layer encoder uses ``eval_inner_steps`` instead, as a transformer layer per
+FINE_TUNE_STEP_FACTOR = 10
+"""The fine-tune baseline may take up to this many times ``eval_inner_steps`` full-batch steps (the
+best count is chosen on validation episodes), as a random initialisation needs more steps than a
+meta-learned one; the last-layer encoder gets ``eval_inner_steps``, as a transformer layer per
 step and episode is slow on a CPU."""
 EVAL_META_BATCH = 100
 """Episodes scored at once in evaluation (8 for the last-layer encoder)."""
@@ -285,12 +286,10 @@ def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
 
 
 def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
-    """``config.algo`` around ``model``; the last-layer encoder is first order (unless
-    ``last_layer_second_order``) and runs one task at a time under ``batching=auto``."""
-    if config.encoder == "last-layer":
-        overrides.setdefault("first_order", not config.last_layer_second_order)
-        if config.batching == "auto":
-            overrides.setdefault("batching", "loop")
+    """``config.algo`` around ``model``; under ``batching=auto`` the last-layer encoder runs one
+    task at a time (a transformer layer vmapped over a meta-batch needs gigabytes)."""
+    if config.encoder == "last-layer" and config.batching == "auto":
+        overrides.setdefault("batching", "loop")
     from mamlkit.algorithms import canonical_name
 
     if canonical_name(config.algo) == "fomaml":
@@ -397,11 +396,12 @@ def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: Any,
     """The model fine-tuned from a random initialisation on each test episode's support set.
 
     The step size (from :data:`FINE_TUNE_LRS`) and the number of full-batch steps (up to
-    :data:`FINE_TUNE_STEPS`) are those with the best mean accuracy on the validation episodes.
+    :data:`FINE_TUNE_STEP_FACTOR` times ``eval_inner_steps``) are those with the best mean
+    accuracy on the validation episodes.
     The last-layer encoder keeps its pretrained layer and gets a random head.
     """
-    max_steps = (config.eval_inner_steps if config.encoder == "last-layer"
-                 else max(FINE_TUNE_STEPS, config.eval_inner_steps))
+    max_steps = config.eval_inner_steps * (1 if config.encoder == "last-layer"
+                                           else FINE_TUNE_STEP_FACTOR)
     best: tuple[float, float, int] = (-1.0, 0.0, 0)
     for lr in FINE_TUNE_LRS:
         learner = _random_init(config, task, lr)
@@ -470,14 +470,30 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
 _COMMON: dict[str, Any] = {
     "encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.1,
     "inner_steps": 5, "eval_inner_steps": 10, "meta_batch_size": 16, "meta_lr": 1e-3,
-    "iterations": 2000, "val_every": 200, "val_tasks": 100, "checkpoint_every": 200,
+    "iterations": 500, "val_every": 50, "val_tasks": 100, "checkpoint_every": 50,
     "test_tasks": 600, "plots": False,
 }
+"""Defaults of every text experiment (frozen encoder + MLP head, 5-way 1-shot, 15 queries)."""
+
+LAST_LAYER_DEFAULTS: dict[str, Any] = {
+    "first_order": True, "meta_batch_size": 4, "inner_steps": 2, "eval_inner_steps": 5,
+    "val_tasks": 20, "val_every": 25, "checkpoint_every": 25, "iterations": 200,
+    "inner_lr": 0.01,
+}
+"""Defaults of ``--encoder last-layer``: first-order MAML (second order through a transformer
+layer keeps every attention map of every inner step per task), smaller meta-batches and
+validation sets so a CPU run stays within memory. Options given explicitly still win
+(``--no-first-order`` for second order)."""
+
+
+def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults that depend on the encoder chosen (see :data:`LAST_LAYER_DEFAULTS`)."""
+    return dict(LAST_LAYER_DEFAULTS) if chosen.get("encoder") == "last-layer" else {}
 
 
 def _experiment(name: str, summary: str) -> Experiment:
     return Experiment(name=name, summary=summary, defaults={**_COMMON, "task": name},
-                      train=train, evaluate=evaluate)
+                      train=train, evaluate=evaluate, derived_defaults=derived_defaults)
 
 
 BANKING77 = _experiment(
