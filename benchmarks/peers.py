@@ -78,8 +78,8 @@ def relative_error(grads: list, reference: list) -> float:
     """``|g - g_ref| / |g_ref|`` over all parameters (a missing gradient counts as zeros)."""
     num = den = 0.0
     for g, r in zip(grads, reference):
-        r = torch.zeros(()) if r is None else r.double()
-        g = torch.zeros_like(r) if g is None else g.double()
+        r = torch.zeros(()) if r is None else torch.as_tensor(r).double()
+        g = torch.zeros_like(r) if g is None else torch.as_tensor(g).double()
         num += float(((g - r) ** 2).sum())
         den += float((r ** 2).sum())
     return (num / den) ** 0.5 if den > 0 else float(num > 0)

@@ -80,7 +80,8 @@ def check_worker(conn: Connection, impl: str, workload_fields: dict, device: str
             note += f"; batching={learner.batching_for(mamlkit.TaskBatch(*batch))}"
         model.zero_grad(set_to_none=True)
         meta_gradient(batch)
-        grads = [p.grad.detach().cpu().clone() if p.grad is not None else None
+        # numpy arrays: plain pickles that outlive this process (tensors would be shared by fd)
+        grads = [p.grad.detach().cpu().numpy().copy() if p.grad is not None else None
                  for p in model.parameters()]
         conn.send(("ready", grads, version, note))
     except Exception as error:  # noqa: BLE001 - reported in the table, not fatal for the others
