@@ -422,40 +422,48 @@ def _random_init(config: TrainConfig, task: TextTask, lr: float) -> MetaLearner:
     return make_learner(ft, model)
 
 
-def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
+def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict[str, Any]:
     """Mean query accuracy ± 95% CI on ``test_tasks`` fixed meta-test episodes: the meta-learned
-    model, the prototype baseline and fine-tuning from random init; printed, and saved to
-    ``run_dir/eval/``."""
+    model and (unless ``baselines=False``) the prototype baseline and fine-tuning from random
+    init, all on the same episodes; printed, and saved to ``run_dir/eval/``.
+
+    ``results["methods"]`` holds the estimates under stable keys (``meta``,
+    ``meta_no_adaptation``, ``prototype``, ``fine_tune``); ``results["accuracy"]`` the same under
+    readable labels.
+    """
     task = prepare_task(config)
     setup_torch(config)
     learner = load_learner(config, task, run_dir)
     test = _episodes(task, config, "test", config.test_tasks, TEST_SEED)
-    val = _episodes(task, config, "validation", config.val_tasks, VAL_SEED)
     start = time.perf_counter()
     steps = config.eval_inner_steps
     meta = accuracy_curves(learner, test, steps, config.device)
     meta_s = time.perf_counter() - start
-    proto, proto_features = prototype_accuracies(config, task, learner, test)
-    fine_tune, fine_tune_info = fine_tune_accuracies(config, task, val, test)
-    rows: dict[str, Estimate] = {
-        f"{config.algo} ({steps} steps)": mean_ci(meta[-1]),
-        f"{config.algo} (no adaptation)": mean_ci(meta[0]),
-        f"prototypes on {proto_features}": mean_ci(proto),
-        f"fine-tune from random init ({fine_tune_info['steps']} steps, "
-        f"lr {fine_tune_info['lr']})": mean_ci(fine_tune),
+    rows: dict[str, tuple[str, Estimate]] = {
+        "meta": (f"{config.algo} ({steps} steps)", mean_ci(meta[-1])),
+        "meta_no_adaptation": (f"{config.algo} (no adaptation)", mean_ci(meta[0])),
     }
+    fine_tune_info: dict[str, Any] = {}
+    if baselines:
+        proto, proto_features = prototype_accuracies(config, task, learner, test)
+        rows["prototype"] = (f"prototypes on {proto_features}", mean_ci(proto))
+        val = _episodes(task, config, "validation", config.val_tasks, VAL_SEED)
+        fine_tune, fine_tune_info = fine_tune_accuracies(config, task, val, test)
+        rows["fine_tune"] = (f"fine-tune from random init ({fine_tune_info['steps']} steps, "
+                             f"lr {fine_tune_info['lr']})", mean_ci(fine_tune))
     title = (f"{task.dataset} {config.ways}-way {config.shots}-shot, encoder {config.encoder}: "
              f"query accuracy, mean ± 95% CI over {config.test_tasks} meta-test episodes "
              f"({len(task.split.test)} unseen classes)")
-    width = max(len(k) for k in rows)
-    lines = [title] + [f"  {name:<{width}}  {est.mean * 100:6.2f} ± {est.ci95 * 100:.2f} %"
-                       for name, est in rows.items()]
+    width = max(len(label) for label, _ in rows.values())
+    lines = [title] + [f"  {label:<{width}}  {est.mean * 100:6.2f} ± {est.ci95 * 100:.2f} %"
+                       for label, est in rows.values()]
     table = "\n".join(lines)
     results = {
         "dataset": task.dataset, "ways": config.ways, "shots": config.shots,
         "queries": config.queries, "encoder": config.encoder, "algo": config.algo,
         "episodes": config.test_tasks, "eval_inner_steps": steps,
-        "accuracy": {k: {"mean": e.mean, "ci95": e.ci95, "n": e.n} for k, e in rows.items()},
+        "accuracy": {label: _estimate(e) for label, e in rows.values()},
+        "methods": {key: {"label": label, **_estimate(e)} for key, (label, e) in rows.items()},
         "fine_tune": fine_tune_info, "meta_eval_seconds": meta_s, "table": table,
         "data": _describe(task, config),
     }
@@ -489,6 +497,10 @@ validation sets so a CPU run stays within memory. Options given explicitly still
 def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults that depend on the encoder chosen (see :data:`LAST_LAYER_DEFAULTS`)."""
     return dict(LAST_LAYER_DEFAULTS) if chosen.get("encoder") == "last-layer" else {}
+
+
+def _estimate(estimate: Estimate) -> dict[str, Any]:
+    return {"mean": estimate.mean, "ci95": estimate.ci95, "n": estimate.n}
 
 
 def _experiment(name: str, summary: str) -> Experiment:
