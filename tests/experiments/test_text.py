@@ -156,3 +156,22 @@ def test_bad_encoder_and_missing_data_folder(tmp_path, capsys):
     err = _error(capsys, ["train", "banking77", "--encoder", "bag", "--data-root",
                           str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "b")])
     assert "does not exist; pass --data-root" in err
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TEXT_CONFIGS = sorted(p for name in ("banking77", "clinc150", "fewrel")
+                      for p in CONFIGS.glob(f"{name}_*.toml"))
+
+
+def test_text_configs_spell_out_the_experiment_defaults():
+    from mamlkit.config import read_config_file
+    from mamlkit.experiments import get_experiment
+
+    assert len(TEXT_CONFIGS) >= 4
+    for path in TEXT_CONFIGS:
+        values = read_config_file(path)
+        experiment = get_experiment(values["task"])
+        from_file = make_config(experiment.defaults_for(values), values)
+        chosen = {k: values[k] for k in ("task", "encoder", "shots")}
+        from_defaults = make_config(experiment.defaults_for(chosen), chosen)
+        assert from_file.to_dict() == from_defaults.to_dict(), path.name
