@@ -122,3 +122,58 @@ def test_loop_meta_backward_keeps_one_task_graph_alive(monkeypatch):
     monkeypatch.setattr(learner, "batched_objective", record)
     torch.testing.assert_close(_meta_grad(learner, batch), expected, rtol=1e-10, atol=1e-12)
     assert sizes == [1, 1, 1, 1]
+
+
+def _aot_eager_compile(monkeypatch):
+    """torch.compile with the aot_eager backend: the same tracing, functionalisation and AOT
+    autograd of the inner loop as the default backend, without minutes of C++ compilation."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager", **kw))
+    return torch._dynamo.utils.counters
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_compiled_objective_gives_the_eager_meta_gradient_without_recompiling(monkeypatch, batching):
+    model = _bn_cnn()
+    batch = _image_batch(tasks=2)
+    eager = MAML(copy.deepcopy(model), inner_lr=0.3, loss="cross_entropy", batching=batching)
+    expected = _meta_grad(eager, batch)
+    counters = _aot_eager_compile(monkeypatch)
+    learner = MAML(model, inner_lr=0.3, loss="cross_entropy", batching=batching, compile=True)
+    first = _meta_grad(learner, batch)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():  # new meta-parameter values must not trigger a recompilation
+        for p in model.parameters():
+            p.add_(0.01)
+    _meta_grad(learner, batch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.01)
+    again = _meta_grad(learner, batch)
+    assert not learner._compile_failed
+    assert graphs >= 1 and counters["stats"]["unique_graphs"] == graphs
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(again, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
+    def broken(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("backend exploded")
+        return fail
+
+    model = _bn_cnn()
+    batch = _image_batch()
+    expected = _meta_grad(MAML(copy.deepcopy(model), inner_lr=0.3, loss="cross_entropy"), batch)
+    monkeypatch.setattr(torch, "compile", broken)
+    learner = MAML(model, inner_lr=0.3, loss="cross_entropy", compile=True)
+    with pytest.warns(RuntimeWarning, match="running it eagerly. Pass compile=False"):
+        got = _meta_grad(learner, batch)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert learner._compile_failed

@@ -56,6 +56,10 @@ class MetaLearner(nn.Module):
             memory; gradients are accumulated and equal those of the whole batch.
         batchnorm: ``"transductive"`` (batch statistics everywhere, the paper's) or ``"module"``.
         eval_inner_steps: adaptation steps at test time (defaults to ``inner_steps``).
+        compile: run the per-batch (``vmap``) or per-task (``loop``) objective through
+            ``torch.compile`` (the inner loop's gradients included, so the meta-gradient is one
+            backward pass of compiled code). Compiles once per input shape, on the first call
+            (minutes on a small CPU); if compilation fails the learner warns and runs eagerly.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class MetaLearner(nn.Module):
         chunk_size: int | None = None,
         batchnorm: str = "transductive",
         eval_inner_steps: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -99,6 +104,9 @@ class MetaLearner(nn.Module):
         self._has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
         self._vmap_failed = False
         self._checked_shapes: set[tuple] = set()
+        self.use_compile = bool(compile)
+        self._compiled: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {}
+        self._compile_failed = False
 
     # ------------------------------------------------------------------ functional building blocks
     def meta_params(self) -> Params:
@@ -221,10 +229,11 @@ class MetaLearner(nn.Module):
         mode = mode or self.batching_for(batch)
         params = self.meta_params()
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        if self.use_compile and self._norm_mode is not None:
+            self._norm_mode.vmapped = mode == "vmap"  # read by compiled code, no stack lookup
         if mode == "vmap":
             try:
-                fn = vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
-                return fn(params, *args)
+                return self._objective("vmap")(params, *args)
             except (RuntimeError, NotImplementedError) as error:
                 if self.batching != "auto" or not _is_vmap_limitation(error):
                     raise
@@ -232,11 +241,38 @@ class MetaLearner(nn.Module):
                     f"torch.func.vmap cannot batch this model over tasks ({error}); "
                     "falling back to a per-task loop.", RuntimeWarning, stacklevel=2)
                 self._vmap_failed = True
-        results = [self.task_objective(params, *(a[i] for a in args))
-                   for i in range(batch.num_tasks)]
+        objective = self._objective("loop")
+        results = [objective(params, *(a[i] for a in args)) for i in range(batch.num_tasks)]
         losses = torch.stack([loss for loss, _ in results])
         metrics = {k: torch.stack([m[k] for _, m in results]) for k in results[0][1]}
         return losses, metrics
+
+    def _objective(self, mode: str) -> Callable[..., tuple[Tensor, Metrics]]:
+        """``task_objective`` over a batch (``vmap``) or one task (``loop``), compiled if asked."""
+        if mode == "vmap":
+            eager = vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
+        else:
+            eager = self.task_objective
+        if not self.use_compile or self._compile_failed:
+            return eager
+        if mode not in self._compiled:
+            compiled = torch.compile(eager, dynamic=False)
+
+            def run(*args: Any) -> tuple[Tensor, Metrics]:
+                if self._compile_failed:
+                    return eager(*args)
+                try:
+                    return compiled(*args)
+                except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
+                    warnings.warn(
+                        f"torch.compile could not compile the meta-objective ({type(error).__name__}:"
+                        f" {error}); running it eagerly. Pass compile=False to skip the attempt.",
+                        RuntimeWarning, stacklevel=3)
+                    self._compile_failed = True
+                    return eager(*args)
+
+            self._compiled[mode] = run
+        return self._compiled[mode]
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean outer loss over the batch's tasks (backprop it yourself) and mean metrics."""

@@ -117,20 +117,22 @@ class ComposableNorms(TorchFunctionMode):
     docstring); outside ``vmap`` the fused kernels run (only the BatchNorm policy is applied).
 
     ``transductive_batchnorm`` selects the BatchNorm policy: when False, ``F.batch_norm`` calls
-    pass through unchanged.
+    pass through unchanged. ``vmapped`` (None: read functorch's stack at each call) can be set by
+    a caller that knows whether it vmaps, e.g. for ``torch.compile``, which cannot trace the stack.
     """
 
     def __init__(self, transductive_batchnorm: bool = True) -> None:
         super().__init__()
         self._replacements: dict[Any, Any] = {F.layer_norm: layer_norm, F.group_norm: group_norm}
         self._fused: dict[Any, Any] = {}
+        self.vmapped: bool | None = None
         if transductive_batchnorm:
             self._replacements[F.batch_norm] = batch_norm_batch_stats
             self._fused[F.batch_norm] = batch_norm_batch_stats_fused
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         replacement = self._replacements.get(func)
-        if replacement is not None and not under_vmap():
+        if replacement is not None and not (under_vmap() if self.vmapped is None else self.vmapped):
             replacement = self._fused.get(func, func)
         return (replacement or func)(*args, **(kwargs or {}))
 
