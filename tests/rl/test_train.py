@@ -70,6 +70,19 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert [r["iteration"] for r in _rows(tmp_path / "crashed")] == ["0", "1", "2"]
 
 
+def test_resume_can_extend_a_run(tmp_path: Path) -> None:
+    config = RLConfig(**{**TINY, "pretrain_iterations": 0})
+    reference = train_rl(config, tmp_path / "three")
+    short = RLConfig(**{**TINY, "pretrain_iterations": 0, "meta_iterations": 2})
+    train_rl(short, tmp_path / "extended")
+    train_rl(config, tmp_path / "extended", resume=True)
+    expected = load_checkpoint(reference / "maml.pt")["policy"]
+    extended = load_checkpoint(tmp_path / "extended" / "maml.pt")["policy"]
+    assert all(torch.equal(v, extended[k]) for k, v in expected.items())
+    saved = json.loads((tmp_path / "extended" / "config.json").read_text())
+    assert saved["meta_iterations"] == 3
+
+
 def test_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown RLConfig keys \\['meta_lr'\\]"):
         RLConfig.from_dict({"meta_lr": 0.1})

@@ -5,9 +5,10 @@
 with TRPO on all tasks jointly, without adaptation. Each phase writes rows to ``metrics.csv``
 and atomic checkpoints; ``resume=True`` continues exactly where the last checkpoint stopped
 (tasks and seeds of every iteration derive from ``(seed, phase, iteration)``).
-``evaluate_rl(run_dir)`` scores MAML, pretrained and the random initialisation after 0..3
-adaptation steps on new tasks (Figure 5) and writes ``eval.csv``, ``eval.json`` and
-``adaptation.png``.
+Resuming may extend a run (more iterations) or change how it is evaluated
+(:data:`EXTENDABLE_KEYS`). ``evaluate_rl(run_dir)`` scores MAML, pretrained and the random
+initialisation after 0..3 adaptation steps on new tasks (Figure 5) and writes ``eval.csv``,
+``eval.json`` and ``adaptation.png``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from mamlkit.rl.sampler import TaskSampler
 from mamlkit.rl.trpo import TRPOSettings
 
 PHASES = ("maml", "pretrained")
+EXTENDABLE_KEYS = frozenset({
+    "meta_iterations", "pretrain_iterations", "checkpoint_every", "eval_tasks", "eval_steps",
+    "eval_trajectories", "threads", "device",
+})
+"""Config keys that may change when a run is resumed: how long to train, how to evaluate and
+where to compute. Everything else defines the run and must match."""
 CSV_FIELDS = [
     "phase", "iteration", "elapsed_s", "return_before", "return_after", "surrogate_before",
     "surrogate_after", "kl", "step_fraction", "line_search_tries", "sampling_s", "inner_s",
@@ -152,12 +159,16 @@ def _load_or_check_config(config: RLConfig, run_dir: Path, resume: bool) -> None
                 f"{run_dir} already holds a run; pass resume=True to continue it or choose a new "
                 "run directory"
             )
-        if saved != config.to_dict():
-            changed = sorted(k for k in saved if saved.get(k) != config.to_dict().get(k))
+        changed = sorted(k for k in set(saved) | set(config.to_dict())
+                         if saved.get(k) != config.to_dict().get(k))
+        fixed = [k for k in changed if k not in EXTENDABLE_KEYS]
+        if fixed:
             raise ValueError(
-                f"config differs from the one saved in {path} (keys {changed}); resume with the "
+                f"config differs from the one saved in {path} (keys {fixed}); resume with the "
                 "saved config (RLConfig.from_dict(json.load(...))) or start a new run directory"
             )
+        if changed:
+            path.write_text(json.dumps(config.to_dict(), indent=2))
     else:
         if resume:
             raise FileNotFoundError(
