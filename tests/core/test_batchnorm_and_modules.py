@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradcheck import analytic_meta_gradient, finite_difference_meta_gradient
 from torch import nn
 
 from mamlkit import MAML, TaskBatch
@@ -23,28 +24,6 @@ def _image_batch(tasks: int = 2) -> TaskBatch:
     return TaskBatch(x[:, :6], y[:, :6], x[:, 6:], y[:, 6:])
 
 
-def _grad(learner: MAML, batch: TaskBatch) -> torch.Tensor:
-    learner.zero_grad()
-    learner.meta_loss(batch)[0].backward()
-    return torch.cat([p.grad.flatten() for p in learner.parameters()])
-
-
-def _fd(learner: MAML, batch: TaskBatch, eps: float = 1e-6) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for p in learner.parameters():
-            flat = p.view(-1)
-            for i in range(flat.numel()):
-                old = flat[i].item()
-                flat[i] = old + eps
-                plus = learner.meta_loss(batch)[0].item()
-                flat[i] = old - eps
-                minus = learner.meta_loss(batch)[0].item()
-                flat[i] = old
-                out.append((plus - minus) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
-
-
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
 @pytest.mark.parametrize("steps", [1, 5])
 def test_batchnorm_meta_gradient_matches_finite_differences(batching: str, steps: int) -> None:
@@ -52,7 +31,8 @@ def test_batchnorm_meta_gradient_matches_finite_differences(batching: str, steps
     learner = MAML(_bn_cnn(), inner_lr=0.3, inner_steps=steps, loss="cross_entropy",
                    batching=batching)
     batch = _image_batch()
-    torch.testing.assert_close(_grad(learner, batch), _fd(learner, batch), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(analytic_meta_gradient(learner, batch),
+                               finite_difference_meta_gradient(learner, batch), rtol=1e-5, atol=1e-8)
 
 
 def test_transductive_batchnorm_never_touches_running_statistics() -> None:
@@ -96,7 +76,8 @@ def test_layer_and_group_norm_meta_gradients_match_finite_differences(norm, batc
     x = torch.randn(3, 10, 2, generator=g, dtype=torch.float64)
     batch = TaskBatch(x[:, :5], x[:, :5, :1], x[:, 5:], x[:, 5:, :1])
     learner = MAML(model, inner_lr=0.1, inner_steps=2, batching=batching)
-    torch.testing.assert_close(_grad(learner, batch), _fd(learner, batch), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(analytic_meta_gradient(learner, batch),
+                               finite_difference_meta_gradient(learner, batch), rtol=1e-5, atol=1e-8)
 
 
 def test_adapt_builds_no_graph_and_predicts() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradcheck import analytic_meta_gradient, finite_difference_meta_gradient
 from torch import nn
 
 from mamlkit import MAML, TaskBatch
@@ -21,46 +22,22 @@ def _regression_batch(tasks: int = 3, n: int = 6) -> TaskBatch:
     return TaskBatch(x[:, :n], y[:, :n], x[:, n:], y[:, n:])
 
 
-def _flat_grad(learner: MAML, batch: TaskBatch) -> torch.Tensor:
-    learner.zero_grad()
-    loss, _ = learner.meta_loss(batch)
-    loss.backward()
-    return torch.cat([p.grad.flatten() for p in learner.parameters()])
-
-
-def _finite_difference(learner: MAML, batch: TaskBatch, eps: float = 1e-6) -> torch.Tensor:
-    params = list(learner.parameters())
-    out = []
-    with torch.no_grad():
-        for p in params:
-            flat = p.view(-1)
-            for i in range(flat.numel()):
-                old = flat[i].item()
-                flat[i] = old + eps
-                plus = learner.meta_loss(batch)[0].item()
-                flat[i] = old - eps
-                minus = learner.meta_loss(batch)[0].item()
-                flat[i] = old
-                out.append((plus - minus) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
-
-
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
 def test_second_order_matches_finite_differences(steps: int, batching: str) -> None:
     learner = MAML(_mlp(), inner_lr=0.1, inner_steps=steps, batching=batching)
     batch = _regression_batch()
-    analytic = _flat_grad(learner, batch)
-    numeric = _finite_difference(learner, batch)
+    analytic = analytic_meta_gradient(learner, batch)
+    numeric = finite_difference_meta_gradient(learner, batch)
     torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
 def test_first_order_is_not_the_finite_difference_gradient() -> None:
     """FOMAML drops a real term: it must differ from the exact meta-gradient."""
     batch = _regression_batch()
-    exact = _finite_difference(MAML(_mlp(), inner_lr=0.1, inner_steps=2), batch)
+    exact = finite_difference_meta_gradient(MAML(_mlp(), inner_lr=0.1, inner_steps=2), batch)
     torch.manual_seed(0)
-    first = _flat_grad(MAML(_mlp(), inner_lr=0.1, inner_steps=2, first_order=True), batch)
+    first = analytic_meta_gradient(MAML(_mlp(), inner_lr=0.1, inner_steps=2, first_order=True), batch)
     assert (first - exact).abs().max() > 1e-4
 
 
@@ -95,8 +72,8 @@ def test_linear_model_meta_gradient_has_closed_form(batching: str) -> None:
         expected_second += s / batch.num_tasks
         expected_first += f / batch.num_tasks
 
-    second = _flat_grad(MAML(model, inner_lr=lr, batching=batching), batch)
-    first = _flat_grad(MAML(model, inner_lr=lr, first_order=True, batching=batching), batch)
+    second = analytic_meta_gradient(MAML(model, inner_lr=lr, batching=batching), batch)
+    first = analytic_meta_gradient(MAML(model, inner_lr=lr, first_order=True, batching=batching), batch)
     torch.testing.assert_close(second, expected_second.flatten(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(first, expected_first.flatten(), rtol=1e-10, atol=1e-12)
     # First order differs from second order by exactly the second-order term -lr * H_s grad_q.
@@ -113,7 +90,7 @@ def test_vmap_and_loop_give_identical_gradients() -> None:
     grads = {}
     for mode in ("vmap", "loop"):
         learner.batching = mode
-        grads[mode] = _flat_grad(learner, batch)
+        grads[mode] = analytic_meta_gradient(learner, batch)
     torch.testing.assert_close(grads["vmap"], grads["loop"], rtol=1e-12, atol=1e-14)
 
 
@@ -121,7 +98,7 @@ def test_vmap_and_loop_give_identical_gradients() -> None:
 def test_chunked_backward_equals_whole_batch(batching: str) -> None:
     batch = _regression_batch(tasks=5)
     whole = MAML(_mlp(), inner_lr=0.1, batching=batching)
-    expected = _flat_grad(whole, batch)
+    expected = analytic_meta_gradient(whole, batch)
     whole.chunk_size = 2
     whole.zero_grad()
     metrics = whole.meta_backward(batch)
@@ -139,6 +116,6 @@ def test_frozen_parameters_do_not_adapt_but_are_meta_learned() -> None:
     adapted = learner.adapt(batch.support_x[0], batch.support_y[0], steps=3)
     assert torch.equal(adapted["0.weight"], model[0].weight)
     assert not torch.equal(adapted["2.weight"], model[2].weight)
-    analytic = _flat_grad(learner, batch)
-    numeric = _finite_difference(learner, batch)
+    analytic = analytic_meta_gradient(learner, batch)
+    numeric = finite_difference_meta_gradient(learner, batch)
     torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-8)
