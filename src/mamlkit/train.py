@@ -40,6 +40,7 @@ from mamlkit.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
     all_reduce_sums,
+    barrier,
     broadcast_module,
     check_divisible,
     current_context,
@@ -453,6 +454,7 @@ def meta_train(
     checkpoint("last.pt", iteration)
     if not best_written:
         checkpoint("best.pt", iteration)
+    barrier(context)  # rank 0 has written the final checkpoints before any process reads them
     return result
 
 
