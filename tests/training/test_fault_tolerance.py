@@ -23,6 +23,7 @@ from torch import nn
 
 from mamlkit import MAML, Sinusoid
 from mamlkit.checkpoint import load_checkpoint, remove_stale_temporaries
+from mamlkit.cli import main
 from mamlkit.config import make_config
 from mamlkit.train import _read_rows, meta_train
 
@@ -127,6 +128,7 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(tmp_path) -
         after = _last_iteration(run_dir)  # the checkpoint left behind always loads
         assert before < after < ITERATIONS, history
         history.append(after)
+    print(f"killed with SIGKILL after the checkpoints of iterations {history}")
     process = _start(run_dir, resume=True)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
@@ -158,3 +160,13 @@ def test_resume_cleans_up_what_a_kill_leaves_behind(tmp_path) -> None:
     assert _metric_rows(tmp_path) == _metric_rows(tmp_path / "straight")
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), name
+
+
+def test_non_finite_loss_from_the_command_line(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--run-dir", str(run), "--inner-lr", "1e30", "--iterations",
+                 "5", "--meta-batch-size", "2", "--checkpoint-every", "2", "--no-tensorboard"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped: Non-finite loss or gradient at meta-iteration 1" in err
+    assert "on_nonfinite='skip'" in err
+    assert not (run / "eval").exists()
