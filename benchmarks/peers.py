@@ -203,7 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="implementations: mamlkit and peers " + str(PEERS))
     parser.add_argument("--mamlkit", nargs="+", default=["auto"], metavar="MODE",
                         help="mamlkit batching modes to time: auto, loop, vmap; MODE/N sets "
-                             "chunk_size=N (e.g. vmap/8)")
+                             "chunk_size=N (e.g. vmap/8); a +compile suffix turns on "
+                             "torch.compile (e.g. auto+compile; compiled in the warm-up)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch intra-op threads in every process (default: torch's)")

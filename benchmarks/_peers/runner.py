@@ -52,9 +52,12 @@ def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any
     if version is None:
         raise ModuleNotFoundError(note)
     if name == "mamlkit":
-        batching, _, chunk = (mode or "auto").partition("/")
+        mode, plus, extra = (mode or "auto").partition("+")
+        if plus and extra != "compile":
+            raise ValueError(f"unknown mamlkit option +{extra}; only +compile exists")
+        batching, _, chunk = mode.partition("/")
         step = module.prepare(model, workload, batching=batching,
-                              chunk_size=int(chunk) if chunk else None)
+                              chunk_size=int(chunk) if chunk else None, compile=bool(plus))
         return step, version, note
     return module.prepare(model, workload), version, note
 

@@ -177,3 +177,50 @@ def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
         got = _meta_grad(learner, batch)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert learner._compile_failed
+
+
+def test_loop_inner_gradients_come_from_autograd_and_first_order_records_no_inner_graph(monkeypatch):
+    """Outside transforms the inner loop uses torch.autograd.grad; first order builds no graph of
+    the inner backward (its gradients are constants) and equals the functorch path."""
+    from mamlkit.core import learner as learner_module
+
+    calls = []
+    original = torch.autograd.grad
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("create_graph", False))
+        return original(*args, **kwargs)
+
+    model = _bn_cnn()
+    batch = _image_batch()
+    for first_order in (True, False):
+        monkeypatch.setattr(torch.autograd, "grad", spy)
+        calls.clear()
+        learner = MAML(model, inner_lr=0.3, inner_steps=2, first_order=first_order,
+                       loss="cross_entropy", batching="loop")
+        fast = _meta_grad(learner, batch)
+        assert calls and all(c == (not first_order) for c in calls)
+        monkeypatch.undo()
+        monkeypatch.setattr(learner_module, "plain_autograd_available", lambda: False)
+        reference = _meta_grad(learner, batch)
+        monkeypatch.undo()
+        torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_autograd_inner_gradient_handles_unused_and_non_trainable_parameters():
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    model.add_module("unused", nn.Linear(1, 1).double())
+    model[0].bias.requires_grad_(False)
+    x = torch.randn(3, 8, 2, dtype=torch.float64)
+    batch = TaskBatch(x[:, :4], x[:, :4, :1], x[:, 4:], x[:, 4:, :1])
+    loop = MAML(model, inner_lr=0.1, inner_steps=2, batching="loop")
+    vmapped = MAML(copy.deepcopy(model), inner_lr=0.1, inner_steps=2, batching="vmap")
+    grads = {}
+    for name, learner in (("loop", loop), ("vmap", vmapped)):
+        learner.zero_grad()
+        learner.meta_backward(batch)
+        grads[name] = [p.grad for p in learner.parameters()]
+    for g, w in zip(grads["loop"], grads["vmap"]):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

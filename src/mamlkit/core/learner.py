@@ -27,6 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
 from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
 from mamlkit.core.params import AdaptSelector, Params, named_buffers, named_params, select_names
+from mamlkit.core.transforms import plain_autograd_available
 from mamlkit.tasks.base import TaskBatch
 
 BATCHING_MODES = ("auto", "vmap", "loop")
@@ -166,19 +167,31 @@ class MetaLearner(nn.Module):
         Returns the full parameter dicts after 0, 1, ..., ``steps`` updates and the support loss
         before each update. The graph back to ``params`` is kept unless ``first_order`` (then the
         inner gradients are treated as constants) or autograd is off.
+
+        Under ``first_order`` the gradients are computed on detached parameters, so no graph of
+        the inner backward pass is recorded at all (the same constants, at the cost of a plain
+        backward pass); the support losses returned then carry no graph either. Outside any
+        ``torch.func`` transform (the per-task loop) the gradients come from
+        ``torch.autograd.grad``, which skips functorch's wrapping of every tensor (same values).
         """
         frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
         fast = {n: params[n] for n in self.adapted_names}
+        if first_order:
+            frozen_inner = {n: p.detach() for n, p in frozen.items()}
+        else:
+            frozen_inner = frozen
 
         def support_loss(fast_params: Params) -> Tensor:
-            return self.task_loss({**frozen, **fast_params}, support_x, support_y)[0]
+            return self.task_loss({**frozen_inner, **fast_params}, support_x, support_y)[0]
 
         trajectory = [params]
         losses = []
+        gradient = _autograd_grad_and_value if plain_autograd_available() else _functorch_grad_and_value
         for step in range(steps):
-            grads, loss = grad_and_value(support_loss)(fast)
             if first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
+                grads, loss = gradient(support_loss, {n: p.detach() for n, p in fast.items()})
+            else:
+                grads, loss = gradient(support_loss, fast)
             fast = self.inner_update(fast, grads, step)
             trajectory.append({**frozen, **fast})
             losses.append(loss)
@@ -399,6 +412,30 @@ class MetaLearner(nn.Module):
                 f"input size matches the task. Original error: {error}"
             ) from error
         self._checked_shapes.add(key)
+
+
+def _functorch_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
+                              ) -> tuple[Params, Tensor]:
+    """Gradient of ``loss_fn`` at ``params`` (differentiable if grad mode is on), and the loss."""
+    return grad_and_value(loss_fn)(params)
+
+
+def _autograd_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
+                             ) -> tuple[Params, Tensor]:
+    """``_functorch_grad_and_value`` with ``torch.autograd.grad`` (outside functorch transforms).
+
+    The gradient keeps its graph to ``params`` when grad mode is on and a parameter requires grad
+    (as ``torch.func.grad`` does); parameters that do not are differentiated as fresh leaves, and
+    unused parameters get zero gradients.
+    """
+    create_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
+    with torch.enable_grad():
+        inputs = {n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_()
+                  for n, p in params.items()}
+        loss = loss_fn(inputs)
+        grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph,
+                                    allow_unused=True, materialize_grads=True)
+    return dict(zip(inputs, grads)), (loss if create_graph else loss.detach())
 
 
 def _check_steps(name: str, steps: int) -> None:

@@ -29,11 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-try:  # private but stable since torch 2.0; without it the composite forms are always used
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-except ImportError:  # pragma: no cover - depends on the torch build
-    retrieve_all_functorch_interpreters = None
+from mamlkit.core.transforms import under_vmap
 
 BATCHNORM_POLICIES = ("transductive", "module")
 """``transductive``: always batch statistics (the paper's). ``module``: BatchNorm layers behave as
@@ -88,13 +84,6 @@ def batch_norm_batch_stats_fused(
 ) -> Tensor:
     """Same result as :func:`batch_norm_batch_stats` from PyTorch's fused kernel (use outside vmap)."""
     return F.batch_norm(input, None, None, weight, bias, True, 0.0, eps)
-
-
-def under_vmap() -> bool:
-    """Whether the caller runs inside ``torch.func.vmap`` (True when it cannot be told)."""
-    if retrieve_all_functorch_interpreters is None:  # pragma: no cover
-        return True
-    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
