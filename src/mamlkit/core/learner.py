@@ -225,9 +225,11 @@ class MetaLearner(nn.Module):
         """The batching mode used for ``batch``.
 
         ``auto`` picks ``vmap`` except for convolutional models on the CPU, where one task at a
-        time runs faster and in a fraction of the memory (vmapped convolutions turn into large
-        grouped convolutions that the CPU kernels handle poorly), and falls back to ``loop`` for
-        any model that ``vmap`` cannot handle.
+        time (with PyTorch's fused normalisation kernels) is about as fast on small query sets,
+        much faster on large ones, and needs a fraction of the memory (vmapped convolutions turn
+        into grouped convolutions that the CPU kernels handle poorly, and every task's graph is
+        alive at once); it falls back to ``loop`` for any model that ``vmap`` cannot handle.
+        Measurements: ``docs/performance.md``.
         """
         if self.batching != "auto":
             return self.batching
