@@ -269,7 +269,14 @@ class EmbeddingHead(nn.Module):
 
 
 def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
-    """A freshly initialised model for ``config.encoder`` with ``config.ways`` outputs."""
+    """A freshly initialised model for ``config.encoder`` with ``config.ways`` outputs.
+
+    The last-layer model starts with a zero head: labels are permuted in every episode, so no
+    class-specific head can be meta-learned, and from zero one gradient step sets each class's
+    weights to its mean support feature minus the overall mean, a prototype classifier (the
+    "zero trick" of Triantafillou et al., 2020, Proto-MAML). A random head moves too little in a
+    few small steps for a transformer layer's step size.
+    """
     if config.encoder == "pretrained":
         return EmbeddingHead(int(task.features.shape[1]), config.ways)
     if config.encoder == "bag":
@@ -282,7 +289,11 @@ def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
         return TextCNNClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
     from mamlkit.text.last_layers import last_layers_from_pretrained
 
-    return last_layers_from_pretrained(pretrained_encoder(), 1, config.ways)
+    model = last_layers_from_pretrained(pretrained_encoder(), 1, config.ways)
+    with torch.no_grad():  # zero head: the first inner step makes it a prototype-like classifier
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
 
 
 def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
@@ -306,9 +317,10 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Meta-train ``config.algo`` on the meta-train classes into ``run_dir/<algo>/``."""
     from mamlkit.train import meta_train
 
+    setup_torch(config)  # threads for the encoder too
     task = prepare_task(config)
+    torch.manual_seed(config.seed)  # the same initialisation whether or not the cache was cold
     save_config(config, run_dir)
-    setup_torch(config)
     learner = make_learner(config, build_model(config, task))
     val = task.sampler("validation", config, 0).fixed_episodes(config.val_tasks, VAL_SEED).all()
     start = time.perf_counter()
@@ -418,6 +430,8 @@ def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: Any,
 def _random_init(config: TrainConfig, task: TextTask, lr: float) -> MetaLearner:
     torch.manual_seed(config.seed + 1)
     model = build_model(config, task)
+    if config.encoder == "last-layer":
+        model.head.reset_parameters()  # a random head on the pretrained layer
     ft = TrainConfig(**{**config.to_dict(), "algo": "randominit", "inner_lr": lr})
     return make_learner(ft, model)
 
@@ -431,8 +445,9 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     ``meta_no_adaptation``, ``prototype``, ``fine_tune``); ``results["accuracy"]`` the same under
     readable labels.
     """
-    task = prepare_task(config)
     setup_torch(config)
+    task = prepare_task(config)
+    torch.manual_seed(config.seed)
     learner = load_learner(config, task, run_dir)
     test = _episodes(task, config, "test", config.test_tasks, TEST_SEED)
     start = time.perf_counter()
