@@ -57,6 +57,11 @@ _REGISTRY: dict[str, str] = {
     "omniglot": "mamlkit.experiments.vision:OMNIGLOT",
     "miniimagenet": "mamlkit.experiments.vision:MINIIMAGENET",
     "cifar-fs": "mamlkit.experiments.vision:CIFAR_FS",
+    "nav2d": "mamlkit.experiments.rl:NAV2D",
+    "halfcheetah-vel": "mamlkit.experiments.rl:HALFCHEETAH_VEL",
+    "halfcheetah-dir": "mamlkit.experiments.rl:HALFCHEETAH_DIR",
+    "ant-vel": "mamlkit.experiments.rl:ANT_VEL",
+    "ant-dir": "mamlkit.experiments.rl:ANT_DIR",
 }
 """Experiment name -> ``module:attribute`` of its :class:`Experiment`."""
 

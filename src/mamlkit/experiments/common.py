@@ -50,9 +50,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     accident.
     """
     if resume:
-        if not any(run_dir.glob("**/checkpoints/last.pt")):
+        if not any(run_dir.glob("**/*.pt")):
             raise FileNotFoundError(
-                f"--resume: no checkpoint at {run_dir}/**/checkpoints/last.pt. Start a new run "
+                f"--resume: no checkpoint at {run_dir} (no *.pt file below it). Start a new run "
                 "without --resume, or point --run-dir at an existing run.")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
