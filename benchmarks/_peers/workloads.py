@@ -45,7 +45,8 @@ class Workload:
 
     def with_tasks(self, tasks: int) -> Workload:
         """The same workload with another meta-batch size (for the scaling runs)."""
-        return replace(self, name=f"{self.name}@{tasks}", tasks=tasks)
+        return replace(self, name=f"{self.name}@{tasks}", tasks=tasks,
+                       description=f"{self.description}; meta-batch of {tasks} tasks instead")
 
 
 WORKLOADS: dict[str, Workload] = {
