@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
     reference = next((r for r in results if r.impl == "plain" and r.grads), None)
     reference = reference or next((r for r in results if r.grads), None)
     for result in results:
-        if result.grads is not None:
+        if result.grads is not None and reference is not None:
             result.grad_error = relative_error(result.grads, reference.grads)
         status = result.error or f"meta-gradient rel. error {result.grad_error:.1e} ({args.check_dtype})"
         print(f"  {workload.name}: {result.label}: {status}", flush=True)
@@ -228,6 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [i for i in args.impls if i not in MODULES]
     if bad:
         parser.error(f"unknown implementations {bad}; choose from {list(MODULES)}")
+    bad_modes = [m for m in args.mamlkit
+                 if not re.fullmatch(r"(auto|loop|vmap)(/[1-9][0-9]*)?(\+compile)?", m)]
+    if bad_modes:
+        parser.error(f"unknown --mamlkit modes {bad_modes}; use auto, loop or vmap, optionally "
+                     "with /N (chunk size) and +compile, e.g. vmap/8+compile")
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
