@@ -57,12 +57,14 @@ def test_resume_with_missing_or_corrupt_checkpoint(tmp_path, capsys) -> None:
     assert main(["train", "sinusoid", "--run-dir", str(run), "--resume"]) == 2
     assert "is not a mamlkit run directory" in capsys.readouterr().err
     assert main(["train", "linear", "--run-dir", str(run), "--no-eval", *TINY]) == 0
-    moved = run / "maml" / "checkpoints" / "moved.pt"
-    for last in run.glob("**/last.pt"):
-        last.rename(last.with_name("moved.pt"))
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("maml", "pretrained"):
+        (run / name / "checkpoints").rename(aside / name)
     assert main(["train", "linear", "--run-dir", str(run), "--resume", "--no-eval"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
-    moved.rename(moved.with_name("last.pt"))
+    for name in ("maml", "pretrained"):
+        (aside / name).rename(run / name / "checkpoints")
     (run / "maml" / "checkpoints" / "last.pt").write_bytes(b"garbage")
     assert main(["train", "linear", "--run-dir", str(run), "--resume", "--no-eval"]) == 2
     assert "corrupt or unreadable" in capsys.readouterr().err
