@@ -133,7 +133,7 @@ def test_download_checks_sha256(tmp_path):
     digest = sha256_of(source)
     good = download_file(source.as_uri(), tmp_path / "out/good.csv", digest)
     assert good.read_text() == source.read_text()
-    with pytest.raises(ValueError, match=r"has sha256 .* but the published file has 0{64}"):
+    with pytest.raises(ValueError, match=r"checksum mismatch .* expected sha256 0{64}"):
         download_file(source.as_uri(), tmp_path / "out/bad.csv", "0" * 64)
     assert not (tmp_path / "out/bad.csv").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.csv"]

@@ -61,6 +61,7 @@ def download_file(url: str, destination: Path, sha256: str | None, timeout: floa
                     "download is corrupt or the source changed; it was discarded. Retry, or fetch "
                     f"the file by hand to {destination}."
                 )
+        tmp.chmod(0o644)  # mkstemp makes owner-only files; data files are for everyone
         os.replace(tmp, destination)
     finally:
         if tmp.exists():

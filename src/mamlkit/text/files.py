@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mamlkit.datasets._files import download_file as _download
+from mamlkit.datasets._files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -26,12 +25,8 @@ class RemoteFile:
 
 
 def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file's bytes."""
+    return sha256_file(path)
 
 
 def check_sha256(path: Path, expected: str) -> None:
@@ -46,26 +41,9 @@ def check_sha256(path: Path, expected: str) -> None:
 
 
 def download_file(url: str, destination: Path, sha256: str) -> Path:
-    """Fetch ``url`` to ``destination``, verifying its sha256 before the file appears there.
-
-    The bytes go to a temporary file in the destination folder first and are moved into place only
-    when the checksum matches, so an interrupted or corrupted download never looks complete.
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=destination.name + ".", suffix=".part",
-                                    dir=destination.parent)
-    tmp_path = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        check_sha256(tmp_path, sha256)
-        tmp_path.chmod(0o644)  # mkstemp makes owner-only files; data files are for everyone
-        tmp_path.replace(destination)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return destination
+    """Fetch ``url`` to ``destination``, verifying its sha256 before the file appears there
+    (the shared atomic downloader of :mod:`mamlkit.datasets`)."""
+    return _download(url, destination, sha256)
 
 
 def resolve_files(root: str | os.PathLike[str], folder: str, files: Sequence[RemoteFile],
