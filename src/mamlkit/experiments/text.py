@@ -501,12 +501,13 @@ _COMMON: dict[str, Any] = {
 LAST_LAYER_DEFAULTS: dict[str, Any] = {
     "first_order": True, "meta_batch_size": 4, "inner_steps": 2, "eval_inner_steps": 5,
     "val_tasks": 20, "val_every": 25, "checkpoint_every": 25, "iterations": 200,
-    "inner_lr": 0.01,
+    "inner_lr": 0.01, "meta_lr": 3e-5,
 }
 """Defaults of ``--encoder last-layer``: first-order MAML (second order through a transformer
 layer keeps every attention map of every inner step per task), smaller meta-batches and
-validation sets so a CPU run stays within memory. Options given explicitly still win
-(``--no-first-order`` for second order)."""
+validation sets so a CPU run stays within memory, and an outer step size in the range used to
+fine-tune BERT (Devlin et al., 2019), since Adam at 1e-3 wrecks the pretrained layer within a
+few dozen steps. Options given explicitly still win (``--no-first-order`` for second order)."""
 
 
 def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
