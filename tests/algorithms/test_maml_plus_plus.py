@@ -120,12 +120,12 @@ def test_derivative_order_annealing_switches_from_first_to_second_order() -> Non
     assert (first - second).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
-def test_all_tricks_on_batchnorm_cnn_match_finite_differences(batching: str) -> None:
+@pytest.mark.parametrize("batching,bnrs", [("vmap", True), ("loop", True), ("vmap", False)])
+def test_all_tricks_on_batchnorm_cnn_match_finite_differences(batching: str, bnrs: bool) -> None:
     learner = MAMLPlusPlus(bn_cnn(), inner_lr=0.3, inner_steps=2, loss="cross_entropy", batching=batching,
-                           msl_iterations=10)
+                           msl_iterations=10, per_step_bn_stats=bnrs)
     learner.set_iteration(2)
-    assert learner.per_step_bn_stats and learner.per_step_bn_weights
+    assert learner.per_step_bn_stats == bnrs and learner.per_step_bn_weights
     with torch.no_grad():  # distinct per-step BatchNorm weights so a wrong step index would show
         for p in learner.bn_step_params.values():
             p.add_(torch.linspace(0, 0.3, p.shape[0], dtype=p.dtype).reshape(-1, *[1] * (p.dim() - 1)))
@@ -145,7 +145,7 @@ def _stat(learner: MAMLPlusPlus, name: str) -> torch.Tensor:
 def test_per_step_running_statistics_follow_each_step_and_are_used_in_eval() -> None:
     model = bn_cnn()
     learner = MAMLPlusPlus(model, inner_lr=0.3, inner_steps=2, loss="cross_entropy", multi_step_loss=False,
-                           per_step_bn_weights=False)
+                           per_step_bn_weights=False, per_step_bn_stats=True)
     batch = image_batch(tasks=3)
     before = _stat(learner, "1__running_mean").clone()
     assert before.shape == (3, 3) and torch.all(before == 0)
@@ -177,14 +177,17 @@ def test_per_step_running_statistics_follow_each_step_and_are_used_in_eval() -> 
 
 
 def test_per_step_batchnorm_options_are_checked() -> None:
-    assert not MAMLPlusPlus(mlp()).per_step_bn_stats  # auto: no BatchNorm, no per-step BN
+    assert not MAMLPlusPlus(mlp()).per_step_bn_weights  # auto: no BatchNorm, no per-step BN
+    default = MAMLPlusPlus(bn_cnn())  # BNWB on with BatchNorm; BNRS (non-transductive) only on request
+    assert default.per_step_bn_weights and not default.per_step_bn_stats
+    assert not list(default.bn_step_stats.buffers())
     with pytest.raises(ValueError, match="has none"):
         MAMLPlusPlus(mlp(), per_step_bn_weights=True)
     with pytest.raises(ValueError, match="track_running_stats=True"):
         MAMLPlusPlus(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4, track_running_stats=False),
                                    nn.Linear(4, 1)), per_step_bn_stats=True)
     with pytest.raises(ValueError, match="batchnorm='transductive'"):
-        MAMLPlusPlus(bn_cnn(), batchnorm="module")
+        MAMLPlusPlus(bn_cnn(), batchnorm="module", per_step_bn_stats=True)
     with pytest.raises(ValueError, match="no adapted parameter is left"):
         MAMLPlusPlus(bn_cnn(), adapt="1")
     with pytest.raises(ValueError, match="msl_iterations"):

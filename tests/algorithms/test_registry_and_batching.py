@@ -17,7 +17,10 @@ OPTIONS = {
 
 
 def _build(name: str, model: nn.Module, **kwargs) -> object:
-    return make_algorithm(name, model, **{**OPTIONS.get(name, {}), **kwargs})
+    options = dict(OPTIONS.get(name, {}))
+    if name == "mamlpp" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        options["per_step_bn_stats"] = True  # every MAML++ trick, BNRS included
+    return make_algorithm(name, model, **{**options, **kwargs})
 
 
 class Encoder(nn.Module):

@@ -7,7 +7,11 @@ Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019. The tricks, al
   paper's code, :func:`msl_weights`) over ``msl_iterations``; after that only the final step counts.
 - **LSLR**: a learnable inner learning rate per adapted parameter tensor *and per step*.
 - **BNRS / BNWB**: per-step BatchNorm running statistics and per-step BatchNorm weights and
-  biases (see :mod:`mamlkit.algorithms.per_step_norm`).
+  biases (see :mod:`mamlkit.algorithms.per_step_norm`). BNRS makes evaluation non-transductive
+  (``learner.eval()`` normalises with the running statistics, as the paper describes; the
+  published code always normalised with batch statistics), so it is off unless asked for: the
+  meta-learned adaptation relies on batch-normalised support sets, and on Omniglot 5-way 1-shot
+  after a short training run it measured at chance level in evaluation (docs/algorithms.md).
 - **DA** (derivative-order annealing): first-order meta-gradients for the first
   ``first_order_iterations`` iterations, second order afterwards.
 - **CA** (cosine annealing of the meta learning rate): :func:`cosine_meta_lr`, a scheduler for the
@@ -73,7 +77,7 @@ class MAMLPlusPlus(MetaLearner):
         msl_iterations: length of the MSL annealing period (in ``set_iteration`` units); MSL
             applies while ``iteration < msl_iterations``.
         learn_inner_lrs: LSLR on/off; ``inner_lr`` is the initial value of every rate.
-        per_step_bn_stats: BNRS on/off; ``None``: on when the model has BatchNorm layers.
+        per_step_bn_stats: BNRS on/off (off by default; see the module docstring).
         per_step_bn_weights: BNWB on/off; ``None``: on when the model has BatchNorm layers. The
             per-step weights and biases are meta-learned only, so BatchNorm affine parameters leave
             the inner loop, and the model's own BatchNorm weight and bias are unused.
@@ -88,7 +92,7 @@ class MAMLPlusPlus(MetaLearner):
     """
 
     def __init__(self, model: nn.Module, *, multi_step_loss: bool = True, msl_iterations: int = 5000,
-                 learn_inner_lrs: bool = True, per_step_bn_stats: bool | None = None,
+                 learn_inner_lrs: bool = True, per_step_bn_stats: bool = False,
                  per_step_bn_weights: bool | None = None, first_order_iterations: int = 0,
                  inner_lr: float | Mapping[str, float] = 0.01, **kwargs: Any) -> None:
         for name, value in (("msl_iterations", msl_iterations),
@@ -97,14 +101,13 @@ class MAMLPlusPlus(MetaLearner):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
         super().__init__(model, inner_lr=inner_lr, **kwargs)
         layers = batchnorm_layers(model)
-        self.per_step_bn_stats = bool(layers) if per_step_bn_stats is None else per_step_bn_stats
+        self.per_step_bn_stats = bool(per_step_bn_stats)
         self.per_step_bn_weights = bool(layers) if per_step_bn_weights is None else per_step_bn_weights
         if self.per_step_bn_stats or self.per_step_bn_weights:
             check_batchnorm_layers(layers, self.per_step_bn_stats)
-            if self.batchnorm != "transductive":
-                raise ValueError("Per-step BatchNorm replaces the batchnorm policy; keep "
-                                 "batchnorm='transductive' or pass per_step_bn_stats=False, "
-                                 "per_step_bn_weights=False.")
+            if self.per_step_bn_stats and self.batchnorm != "transductive":
+                raise ValueError("Per-step running statistics replace the batchnorm policy; keep "
+                                 "batchnorm='transductive' or pass per_step_bn_stats=False.")
         self.multi_step_loss = multi_step_loss
         self.msl_iterations = msl_iterations
         self.learn_inner_lrs = learn_inner_lrs
