@@ -30,10 +30,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,9 @@ from mamlkit.text.data import TextClassificationData
 from mamlkit.text.episodes import ClassGroups, split_class_groups
 from mamlkit.text.registry import TEXT_DATASETS, load_text_dataset
 from mamlkit.text.splits import ClassSplit, default_class_split, split_classes
+
+if TYPE_CHECKING:
+    from mamlkit.datasets.episodic import EpisodeSampler, FixedEpisodes
 
 SPLIT_SEED = 0
 """Seed of the class split: fixed, so every run of a dataset is scored on the same classes."""
@@ -151,7 +154,8 @@ def _timing_file(cache_file: Path) -> Path:
     return cache_file.with_name(cache_file.name + ".timing.json")
 
 
-def timed_cached(cache_file: Path, compute: Any) -> tuple[Tensor, dict[str, Any]]:
+def timed_cached(cache_file: Path, compute: Callable[[], Tensor]
+                 ) -> tuple[Tensor, dict[str, Any]]:
     """Run the caching ``compute()`` and time it; on a cache miss the wall-clock of that first run
     is stored beside the cache file, so later (cached) runs can report both numbers."""
     hit = cache_file.is_file()
@@ -213,7 +217,7 @@ class TextTask:
     vocab_size: int = 0
     feature_info: dict[str, Any] = field(default_factory=dict)
 
-    def sampler(self, split: str, config: TrainConfig, seed: int) -> Any:
+    def sampler(self, split: str, config: TrainConfig, seed: int) -> EpisodeSampler:
         """An :class:`~mamlkit.datasets.episodic.EpisodeSampler` over the ``split`` classes."""
         return self.groups[split].sampler(config.ways, config.shots, config.queries, seed=seed)
 
@@ -359,7 +363,8 @@ def load_learner(config: TrainConfig, task: TextTask, run_dir: Path) -> MetaLear
     return learner
 
 
-def _episodes(task: TextTask, config: TrainConfig, split: str, count: int, seed: int) -> Any:
+def _episodes(task: TextTask, config: TrainConfig, split: str, count: int, seed: int
+              ) -> FixedEpisodes:
     batch = 8 if config.encoder == "last-layer" else EVAL_META_BATCH
     return task.sampler(split, config, 0).fixed_episodes(count, seed, meta_batch_size=batch)
 
@@ -403,8 +408,8 @@ def prototype_accuracies(config: TrainConfig, task: TextTask, learner: MetaLearn
                        for b in episodes]), f"meta-trained {config.encoder} encoder features")
 
 
-def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: Any,
-                         test_episodes: Any) -> tuple[Tensor, dict[str, Any]]:
+def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: FixedEpisodes,
+                         test_episodes: FixedEpisodes) -> tuple[Tensor, dict[str, Any]]:
     """The model fine-tuned from a random initialisation on each test episode's support set.
 
     The step size (from :data:`FINE_TUNE_LRS`) and the number of full-batch steps (up to
