@@ -97,3 +97,8 @@ def test_config_file_errors(tmp_path) -> None:
         read_config_file(broken)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         make_config({"optimizer": "lbfgs"})
+
+
+def test_fomaml_by_name_trains(tmp_path) -> None:
+    assert main(["train", "linear", "--algo", "fomaml", "--run-dir", str(tmp_path / "r"),
+                 "--no-eval", *TINY]) == 0

@@ -97,7 +97,8 @@ def build_learner(config: TrainConfig, model: nn.Module, loss: str, **overrides:
 
     kwargs: dict[str, Any] = {
         "inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
-        "first_order": config.first_order, "loss": loss, "batching": config.batching,
+        "first_order": config.first_order or config.algo == "fomaml", "loss": loss,
+        "batching": config.batching,
         "chunk_size": config.chunk_size or None, "eval_inner_steps": config.eval_inner_steps,
     }
     kwargs.update(overrides)
