@@ -10,7 +10,7 @@ from torch.func import vmap
 
 from mamlkit import TaskBatch
 from mamlkit.algorithms import IMAML
-from mamlkit.algorithms.imaml import conjugate_gradient
+from mamlkit.algorithms.imaml import conjugate_gradient, stationarity_residual
 
 
 def _linear_batch(tasks: int = 3, n: int = 6, dim: int = 3) -> TaskBatch:
@@ -95,6 +95,37 @@ def test_implicit_gradient_is_not_the_first_order_one() -> None:
     model.weight.grad = None
     learner.meta_loss(batch)[0].backward()
     assert (implicit - model.weight.grad).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_inner_residual_tells_a_solved_inner_problem_from_an_unsolved_one(batching: str) -> None:
+    """0 at the closed-form solution; near 1 when a few tiny steps leave phi close to theta."""
+    batch = _linear_batch()
+    solved = IMAML(nn.Linear(3, 1, bias=False).double(), regularization=2.0, inner_lr=1.8 / 7.7,
+                   inner_steps=150, batching=batching)
+    assert solved.meta_loss(batch)[1]["inner_residual"] < 1e-9
+    unsolved = IMAML(nn.Linear(3, 1, bias=False).double(), regularization=2.0, inner_lr=1e-3,
+                     inner_steps=2, batching=batching)
+    assert unsolved.meta_loss(batch)[1]["inner_residual"] > 0.9
+
+
+def test_stationarity_residual_is_the_relative_norm_of_the_proximal_gradient() -> None:
+    f64 = torch.float64
+    g = {"a": torch.tensor([1.0, -2.0], dtype=f64), "b": torch.tensor([[0.5]], dtype=f64)}
+    theta = {"a": torch.zeros(2, dtype=f64), "b": torch.zeros(1, 1, dtype=f64)}
+    phi = {"a": torch.tensor([-0.25, 1.0], dtype=f64), "b": torch.tensor([[0.0]], dtype=f64)}
+    lam = 2.0
+
+    def flat(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([v.flatten() for v in d.values()])
+
+    pull = lam * (flat(phi) - flat(theta))
+    expected = (flat(g) + pull).norm() / (flat(g).norm() + pull.norm())
+    torch.testing.assert_close(stationarity_residual(g, phi, theta, lam), expected)
+    torch.testing.assert_close(stationarity_residual(g, theta, theta, lam),
+                               torch.tensor(1.0, dtype=f64))
+    exact = {n: theta[n] - g[n] / lam for n in g}
+    assert stationarity_residual(g, exact, theta, lam) == 0
 
 
 def test_conjugate_gradient_solves_spd_systems_under_vmap() -> None:

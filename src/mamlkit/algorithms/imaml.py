@@ -60,6 +60,24 @@ def conjugate_gradient(apply_a: Callable[[Params], Params], b: Params, steps: in
     return x
 
 
+def stationarity_residual(support_gradient: Params, adapted: Params, anchor: Params,
+                          regularization: float) -> Tensor:
+    """How far ``adapted`` is from solving the proximal inner problem, relative to its terms.
+
+    ``||g + lambda (phi - theta)|| / (||g|| + lambda ||phi - theta||)`` with ``g`` the support-loss
+    gradient at ``phi``: 0 at the exact solution (where the implicit gradient is exact), 1 at
+    ``phi = theta`` (no progress). The implicit meta-gradient assumes a value near 0; if it
+    stays large, the inner problem needs more ``inner_steps`` (or a larger ``inner_lr``).
+    """
+    pulls = {n: regularization * (adapted[n] - anchor[n]) for n in support_gradient}
+    residual = _dot({n: g + pulls[n] for n, g in support_gradient.items()},
+                    {n: g + pulls[n] for n, g in support_gradient.items()})
+    gradient_sq = _dot(support_gradient, support_gradient)
+    pull_sq = _dot(pulls, pulls)
+    scale = gradient_sq.sqrt() + pull_sq.sqrt()
+    return residual.sqrt() / torch.clamp(scale, min=torch.finfo(scale.dtype).tiny)
+
+
 class IMAML(MetaLearner):
     """Implicit MAML (Rajeswaran et al., NeurIPS 2019).
 
@@ -120,10 +138,13 @@ class IMAML(MetaLearner):
 
     # ------------------------------------------------------------------ the implicit gradient
     def implicit_gradient(self, adapted: Params, support_x: Any, support_y: Tensor, query_x: Any,
-                          query_y: Tensor) -> tuple[Params, Tensor, Tensor]:
+                          query_y: Tensor, anchor: Params | None = None
+                          ) -> tuple[Params, Tensor, Tensor, Tensor]:
         """Implicit meta-gradient of the query loss at the inner solution ``adapted`` (no graph).
 
-        Returns the gradient for every parameter, the query loss and the model outputs.
+        Returns the gradient for every parameter, the query loss, the model outputs and the
+        relative stationarity residual of the inner problem (:func:`stationarity_residual`, with
+        ``anchor`` the meta-parameters ``theta``; NaN when ``anchor`` is not given).
         """
         fast = {n: adapted[n].detach() for n in self.adapted_names}
         frozen = {n: p.detach() for n, p in adapted.items() if n not in self.adapted_names}
@@ -140,7 +161,12 @@ class IMAML(MetaLearner):
             return grad(lambda f: self.task_loss({**frozen_params, **f}, support_x, support_y)[0])(
                 fast_params)
 
-        _, hessian_vjp = vjp(lambda f: support_grad(f, frozen), fast)
+        support_gradient, hessian_vjp = vjp(lambda f: support_grad(f, frozen), fast)
+        if anchor is None:
+            residual = torch.full((), float("nan"))
+        else:
+            residual = stationarity_residual(support_gradient, fast,
+                                             {n: anchor[n].detach() for n in fast}, lam)
 
         def apply_a(v: Params) -> Params:
             hv = hessian_vjp(v)[0]
@@ -152,7 +178,7 @@ class IMAML(MetaLearner):
             _, mixed_vjp = vjp(lambda w: support_grad(fast, w), frozen)
             mixed = mixed_vjp(solution)[0]
             gradient.update({n: (grad_frozen[n] - mixed[n] / lam).detach() for n in frozen})
-        return gradient, loss.detach(), outputs.detach()
+        return gradient, loss.detach(), outputs.detach(), residual.detach()
 
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
                        query_y: Tensor) -> tuple[Tensor, Metrics]:
@@ -160,9 +186,11 @@ class IMAML(MetaLearner):
         start = {n: p.detach() for n, p in params.items()}
         trajectory, support_losses = self._proximal_steps(start, support_x, support_y, self.inner_steps,
                                                           keep=False)
-        gradient, loss, outputs = self.implicit_gradient(trajectory[-1], support_x, support_y,
-                                                         query_x, query_y)
+        gradient, loss, outputs, residual = self.implicit_gradient(
+            trajectory[-1], support_x, support_y, query_x, query_y, anchor=start)
         surrogate = loss
         for name, theta in params.items():
             surrogate = surrogate + ((theta - theta.detach()) * gradient[name]).sum()
-        return surrogate, self._metrics(loss, outputs, query_y, support_losses)
+        metrics = self._metrics(loss, outputs, query_y, support_losses)
+        metrics["inner_residual"] = residual
+        return surrogate, metrics
