@@ -47,16 +47,13 @@ from mamlkit.tasks.base import TaskBatch
 from mamlkit.text.data import TextClassificationData
 from mamlkit.text.episodes import ClassGroups, split_class_groups
 from mamlkit.text.registry import TEXT_DATASETS, load_text_dataset
-from mamlkit.text.splits import ClassSplit, default_class_split, split_classes
+from mamlkit.text.splits import ClassSplit, default_class_split
 
 if TYPE_CHECKING:
     from mamlkit.datasets.episodic import EpisodeSampler, FixedEpisodes
 
 SPLIT_SEED = 0
 """Seed of the class split: fixed, so every run of a dataset is scored on the same classes."""
-FEWREL_SPLIT = (6, 5, 5)
-"""FewRel val_wiki's 16 relations as meta-train / validation / test: 5 test relations allow
-5-way episodes (the library's default 8/4/4 split allows at most 4 ways)."""
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
 """Seeds of the fixed meta-validation and meta-test episodes."""
 HEAD_HIDDEN = 256
@@ -113,8 +110,6 @@ def cap_per_class(data: TextClassificationData, limit: int) -> TextClassificatio
 
 def class_split(dataset: str, data: TextClassificationData) -> ClassSplit:
     """The meta-train / validation / test classes used by the ``dataset`` experiment."""
-    if dataset == "fewrel":
-        return split_classes(range(data.num_classes), FEWREL_SPLIT, SPLIT_SEED)
     return default_class_split(data, SPLIT_SEED)
 
 

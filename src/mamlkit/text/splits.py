@@ -12,8 +12,9 @@ CLINC150           6 / 2 / 2 domains           seeded shuffle of the 10 domains,
                    (= 90 / 30 / 30 intents)    meta-test intents come from unseen domains;
                                                the out-of-scope class, when loaded, goes
                                                to meta-test
-FewRel val_wiki    8 / 4 / 4 relations         seeded shuffle of the 16 validation relations
-                                               (FewRel's 64 training relations are not
+FewRel val_wiki    6 / 5 / 5 relations         seeded shuffle of the 16 validation relations
+                                               (5 held-out relations allow FewRel's 5-way
+                                               episodes; its 64 training relations are not
                                                available here)
 anything else      60% / 20% / rest            seeded shuffle of the classes
 =================  =========================  =========================================
@@ -31,7 +32,7 @@ from mamlkit.text.data import TextClassificationData
 DEFAULT_SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
     "banking77": (47, 15, 15),
     "clinc150": (6, 2, 2),
-    "fewrel_val_wiki": (8, 4, 4),
+    "fewrel_val_wiki": (6, 5, 5),
 }
 """Meta-train / meta-validation / meta-test sizes per dataset name (CLINC150 counts domains)."""
 
