@@ -259,6 +259,21 @@ def test_eval_of_a_run_without_checkpoints(tmp_path, capsys) -> None:
     assert "No checkpoint at" in err or "does not exist" in err
 
 
+
+def test_saved_config_with_a_setting_this_version_lacks(tmp_path) -> None:
+    """A run saved by another version (an extra key in config.json) still loads, with a warning
+    naming the key; the known settings are kept."""
+    from mamlkit.experiments.common import load_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {**make_config({"task": "sinusoid", "iterations": 7}).to_dict(), "old_knob": 3}
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match="old_knob"):
+        loaded = load_run_config(run)
+    assert "old_knob" not in loaded and loaded["iterations"] == 7
+    assert make_config(loaded).iterations == 7
+
 # ------------------------------------------------------------------------------ models
 def test_classifier_with_too_few_outputs(tmp_path) -> None:
     class FiveWay:

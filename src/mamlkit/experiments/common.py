@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,11 @@ def save_config(config: TrainConfig, run_dir: Path) -> None:
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """The configuration saved by :func:`save_config` (clear error when it is missing)."""
+    """The configuration saved by :func:`save_config` (clear error when it is missing).
+
+    Settings that this version of mamlkit no longer has (a run saved by an older version) are
+    dropped with a warning, so such a run can still be evaluated or resumed.
+    """
     path = run_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a mamlkit run directory (no config.json). "
@@ -87,7 +93,12 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise ValueError(f"{path} does not hold a configuration object; restore it or start a new "
                          "run in another --run-dir.")
-    return saved
+    known = {field.name for field in fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        warnings.warn(f"{path} holds settings this version of mamlkit does not have "
+                      f"({', '.join(unknown)}); they are ignored.", UserWarning, stacklevel=2)
+    return {k: v for k, v in saved.items() if k in known}
 
 
 def build_learner(config: TrainConfig, model: nn.Module, loss: str, **overrides: Any
