@@ -29,6 +29,9 @@ from torch.func import grad, grad_and_value, vjp
 from mamlkit.core.learner import MetaLearner, Metrics
 from mamlkit.core.params import Params
 
+INNER_OPTIMIZERS = ("sgd", "adam")
+"""Solvers of the inner (proximal) problem: gradient descent or Adam with fresh state."""
+
 
 def _dot(a: Params, b: Params) -> Tensor:
     return sum((a[n] * b[n]).sum() for n in a)
@@ -86,13 +89,23 @@ class IMAML(MetaLearner):
         regularization: ``lambda``, the strength of the proximal term tying ``phi`` to ``theta``
             (the paper uses 0.5 to 2 for Omniglot/MiniImageNet); larger keeps ``phi`` closer.
         cg_steps: conjugate-gradient iterations for the implicit gradient (paper: 5).
-        **kwargs: the driver's arguments (:class:`~mamlkit.core.learner.MetaLearner`): the inner
-            problem is solved by ``inner_steps`` of gradient descent with step ``inner_lr`` (also
-            at test time, with the same proximal term). ``first_order`` does not apply.
+        inner_optimizer: how the inner problem is solved, ``inner_steps`` steps of size
+            ``inner_lr`` (also at test time, with the same proximal term): ``"sgd"`` (gradient
+            descent) or ``"adam"`` (Adam with fresh state per task; its step does not grow with
+            the support loss's curvature, which meta-training tends to increase until a fixed
+            gradient-descent step no longer converges).
+        adam_betas: Adam's ``(beta1, beta2)`` for ``inner_optimizer="adam"``.
+        adam_eps: Adam's epsilon.
+        **kwargs: the driver's arguments (:class:`~mamlkit.core.learner.MetaLearner`);
+            ``first_order`` does not apply.
+
+    The metric ``inner_residual`` (:func:`stationarity_residual`) tells how well the inner
+    problem was solved; the implicit gradient is exact only where it is 0.
     """
 
     def __init__(self, model: nn.Module, *, regularization: float = 1.0, cg_steps: int = 5,
-                 **kwargs: Any) -> None:
+                 inner_optimizer: str = "sgd", adam_betas: tuple[float, float] = (0.9, 0.999),
+                 adam_eps: float = 1e-8, **kwargs: Any) -> None:
         if not isinstance(regularization, (int, float)) or not regularization > 0:
             raise ValueError(f"regularization (lambda) must be a positive number, got {regularization!r}; "
                              "the implicit gradient needs a proximal term (e.g. regularization=1.0).")
@@ -100,9 +113,19 @@ class IMAML(MetaLearner):
             raise ValueError(f"cg_steps must be a positive integer, got {cg_steps!r} (the paper uses 5).")
         if kwargs.get("first_order"):
             raise ValueError("iMAML's meta-gradient is implicit, never unrolled; drop first_order.")
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"Unknown inner_optimizer {inner_optimizer!r}; choose one of "
+                             f"{INNER_OPTIMIZERS}.")
+        beta1, beta2 = adam_betas
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1) or not adam_eps > 0:
+            raise ValueError(f"adam_betas must lie in [0, 1) and adam_eps be > 0, got {adam_betas}, "
+                             f"{adam_eps}.")
         super().__init__(model, **kwargs)
         self.regularization = float(regularization)
         self.cg_steps = cg_steps
+        self.inner_optimizer = inner_optimizer
+        self.adam_betas = (float(beta1), float(beta2))
+        self.adam_eps = float(adam_eps)
 
     # ------------------------------------------------------------------ the inner problem
     def _proximal_steps(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
@@ -118,9 +141,20 @@ class IMAML(MetaLearner):
             return loss + 0.5 * lam * proximal, loss
 
         trajectory, losses = [params], []
+        beta1, beta2 = self.adam_betas
+        first = {n: torch.zeros_like(v) for n, v in fast.items()}
+        second = {n: torch.zeros_like(v) for n, v in fast.items()}
         for step in range(steps):
             grads, (_, loss) = grad_and_value(objective, has_aux=True)(fast)
-            fast = self.inner_update(fast, grads, step)
+            if self.inner_optimizer == "adam":
+                first = {n: beta1 * first[n] + (1 - beta1) * g for n, g in grads.items()}
+                second = {n: beta2 * second[n] + (1 - beta2) * g * g for n, g in grads.items()}
+                correction1, correction2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
+                lrs = self.inner_lrs(step)
+                fast = {n: v - lrs[n] * (first[n] / correction1)
+                        / ((second[n] / correction2).sqrt() + self.adam_eps) for n, v in fast.items()}
+            else:
+                fast = self.inner_update(fast, grads, step)
             if keep or step == steps - 1:
                 trajectory.append({**frozen, **fast})
             losses.append(loss)
@@ -128,7 +162,7 @@ class IMAML(MetaLearner):
 
     def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
                    first_order: bool) -> tuple[list[Params], list[Tensor]]:
-        """Gradient descent on the proximally regularised support loss (anchored at ``params``).
+        """``inner_optimizer`` on the proximally regularised support loss (anchored at ``params``).
 
         The returned losses are the plain support losses (without the proximal term).
         """
