@@ -50,7 +50,11 @@ def run(impl: str, args: argparse.Namespace, conn: Any) -> None:
     experiment = get_experiment("omniglot")
     config = TrainConfig(**{**experiment.defaults_for({}), "data_root": str(args.data_root),
                             "seed": args.seed})
-    data = load_all(config, roles=("train", "val"))
+    try:
+        data = load_all(config, roles=("train", "val"))
+    except (FileNotFoundError, ValueError) as error:
+        conn.send({"impl": impl, "error": f"no data: {error}"})
+        return
     torch.manual_seed(args.seed)
     model = build_model(config, config.ways)
     workload = WORKLOADS["W2"]  # 5-way 1-shot, 32 tasks, one step of 0.4, second order
