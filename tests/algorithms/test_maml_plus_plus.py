@@ -207,3 +207,22 @@ def test_cosine_meta_lr_anneals_to_the_minimum() -> None:
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     with pytest.raises(ValueError, match="total_iterations"):
         cosine_meta_lr(opt, total_iterations=0)
+
+
+@pytest.mark.parametrize("trained_steps, eval_steps", [(1, 4), (3, 2)])
+def test_checkpoint_loads_into_a_learner_with_another_step_count(trained_steps: int,
+                                                                 eval_steps: int) -> None:
+    """Evaluation builds the learner with ``inner_steps=eval_inner_steps``: the trained per-step
+    rates and BatchNorm sets load into it and it adapts exactly as the trained learner does."""
+    torch.manual_seed(0)
+    trained = MAMLPlusPlus(bn_cnn(), inner_lr=0.1, inner_steps=trained_steps, loss="cross_entropy")
+    with torch.no_grad():  # stand-in for training: distinct per-step values
+        for p in [*trained.inner_lr_params.values(), *trained.bn_step_params.values()]:
+            p.add_(0.05 * torch.randn_like(p))
+    evaluator = MAMLPlusPlus(copy.deepcopy(trained.model), inner_lr=0.1, inner_steps=eval_steps,
+                             loss="cross_entropy")
+    evaluator.load_state_dict(trained.state_dict())
+    batch = image_batch()
+    expected = trained.eval().adaptation_curve(batch, eval_steps)["query_loss"]
+    got = evaluator.eval().adaptation_curve(batch, eval_steps)["query_loss"]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -147,6 +147,7 @@ class MAMLPlusPlus(MetaLearner):
                 (self.num_step_sets,), float(self.inner_lr[name])))
             for name in (self.adapted_names if learn_inner_lrs else [])
         })
+        self.register_load_state_dict_pre_hook(_resize_per_step_entries)
 
     # ------------------------------------------------------------------ schedules
     def set_iteration(self, iteration: int) -> None:
@@ -281,6 +282,31 @@ class MAMLPlusPlus(MetaLearner):
             buffer = getattr(self.bn_step_stats, parameter_key(f"{layer}.{stat}"))
             momentum = self._momentum[layer]
             buffer[int(step)].mul_(1 - momentum).add_(values.mean(0).to(buffer.dtype), alpha=momentum)
+
+
+_PER_STEP_PREFIXES = ("inner_lr_params.", "bn_step_params.", "bn_step_stats.")
+
+
+def _resize_per_step_entries(module: MAMLPlusPlus, state_dict: dict[str, Tensor], prefix: str,
+                             *args: Any) -> None:
+    """Load per-step tensors saved with another number of inner steps.
+
+    A learner built for evaluation usually has more steps (``inner_steps=eval_inner_steps``)
+    than the one that was trained. Saved per-step entries are cut to this learner's count or
+    extended by repeating the last trained entry, which is what the trained learner itself does
+    for the extra steps (see the class docstring), so both adapt identically.
+    """
+    own = {k: v for k, v in module.state_dict().items() if k.startswith(_PER_STEP_PREFIXES)}
+    for key, target in own.items():
+        saved = state_dict.get(prefix + key)
+        if saved is None or saved.dim() == 0 or saved.shape[0] == target.shape[0]:
+            continue
+        count = target.shape[0]
+        if saved.shape[0] > count:
+            state_dict[prefix + key] = saved[:count]
+        else:
+            extra = saved[-1:].expand(count - saved.shape[0], *saved.shape[1:])
+            state_dict[prefix + key] = torch.cat([saved, extra])
 
 
 def _average_pairs(first: tuple[Tensor, Tensor] | None, second: tuple[Tensor, Tensor]
