@@ -26,11 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vjp
 
+from mamlkit.algorithms.inner_adam import adam_moments, adam_update, check_inner_optimizer
 from mamlkit.core.learner import MetaLearner, Metrics
 from mamlkit.core.params import Params
-
-INNER_OPTIMIZERS = ("sgd", "adam")
-"""Solvers of the inner (proximal) problem: gradient descent or Adam with fresh state."""
 
 
 def _dot(a: Params, b: Params) -> Tensor:
@@ -113,18 +111,12 @@ class IMAML(MetaLearner):
             raise ValueError(f"cg_steps must be a positive integer, got {cg_steps!r} (the paper uses 5).")
         if kwargs.get("first_order"):
             raise ValueError("iMAML's meta-gradient is implicit, never unrolled; drop first_order.")
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise ValueError(f"Unknown inner_optimizer {inner_optimizer!r}; choose one of "
-                             f"{INNER_OPTIMIZERS}.")
-        beta1, beta2 = adam_betas
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1) or not adam_eps > 0:
-            raise ValueError(f"adam_betas must lie in [0, 1) and adam_eps be > 0, got {adam_betas}, "
-                             f"{adam_eps}.")
+        betas = check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
         super().__init__(model, **kwargs)
         self.regularization = float(regularization)
         self.cg_steps = cg_steps
         self.inner_optimizer = inner_optimizer
-        self.adam_betas = (float(beta1), float(beta2))
+        self.adam_betas = betas
         self.adam_eps = float(adam_eps)
 
     # ------------------------------------------------------------------ the inner problem
@@ -141,18 +133,12 @@ class IMAML(MetaLearner):
             return loss + 0.5 * lam * proximal, loss
 
         trajectory, losses = [params], []
-        beta1, beta2 = self.adam_betas
-        first = {n: torch.zeros_like(v) for n, v in fast.items()}
-        second = {n: torch.zeros_like(v) for n, v in fast.items()}
+        moments = adam_moments(fast)
         for step in range(steps):
             grads, (_, loss) = grad_and_value(objective, has_aux=True)(fast)
             if self.inner_optimizer == "adam":
-                first = {n: beta1 * first[n] + (1 - beta1) * g for n, g in grads.items()}
-                second = {n: beta2 * second[n] + (1 - beta2) * g * g for n, g in grads.items()}
-                correction1, correction2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
-                lrs = self.inner_lrs(step)
-                fast = {n: v - lrs[n] * (first[n] / correction1)
-                        / ((second[n] / correction2).sqrt() + self.adam_eps) for n, v in fast.items()}
+                fast, moments = adam_update(fast, grads, moments, step, self.inner_lrs(step),
+                                            self.adam_betas, self.adam_eps)
             else:
                 fast = self.inner_update(fast, grads, step)
             if keep or step == steps - 1:

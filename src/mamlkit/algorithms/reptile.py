@@ -24,11 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value
 
+from mamlkit.algorithms.inner_adam import adam_moments, adam_update, check_inner_optimizer
 from mamlkit.core.learner import MetaLearner, Metrics
 from mamlkit.core.params import Params
-
-INNER_OPTIMIZERS = ("sgd", "adam")
-"""Inner-loop optimizers of :class:`Reptile`."""
 
 INNER_DATA = ("support+query", "support")
 """What :class:`Reptile` trains on in the inner loop during meta-training."""
@@ -55,20 +53,14 @@ class Reptile(MetaLearner):
     def __init__(self, model: nn.Module, *, inner_optimizer: str = "sgd",
                  adam_betas: tuple[float, float] = (0.0, 0.999), adam_eps: float = 1e-8,
                  inner_data: str = "support+query", **kwargs: Any) -> None:
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise ValueError(f"Unknown inner_optimizer {inner_optimizer!r}; choose one of "
-                             f"{INNER_OPTIMIZERS}.")
+        betas = check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
         if inner_data not in INNER_DATA:
             raise ValueError(f"Unknown inner_data {inner_data!r}; choose one of {INNER_DATA}.")
         if kwargs.get("first_order"):
             raise ValueError("Reptile never differentiates through the inner loop; drop first_order.")
-        beta1, beta2 = adam_betas
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1) or adam_eps <= 0:
-            raise ValueError(f"adam_betas must lie in [0, 1) and adam_eps be > 0, got {adam_betas}, "
-                             f"{adam_eps}.")
         super().__init__(model, **kwargs)
         self.inner_optimizer = inner_optimizer
-        self.adam_betas = (float(beta1), float(beta2))
+        self.adam_betas = betas
         self.adam_eps = float(adam_eps)
         self.inner_data = inner_data
 
@@ -83,21 +75,15 @@ class Reptile(MetaLearner):
         def loss_of(fast_params: Params) -> Tensor:
             return self.task_loss({**frozen, **fast_params}, support_x, support_y)[0]
 
-        beta1, beta2 = self.adam_betas
-        first = {n: torch.zeros_like(p) for n, p in fast.items()}
-        second = {n: torch.zeros_like(p) for n, p in fast.items()}
+        moments = adam_moments(fast)
         lrs = self.inner_lrs(0)
         trajectory, losses = [params], []
         for step in range(steps):
             grads, loss = grad_and_value(loss_of)(fast)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
-            first = {n: beta1 * first[n] + (1 - beta1) * g for n, g in grads.items()}
-            second = {n: beta2 * second[n] + (1 - beta2) * g * g for n, g in grads.items()}
-            correction1 = 1 - beta1 ** (step + 1)
-            correction2 = 1 - beta2 ** (step + 1)
-            fast = {n: v - lrs[n] * (first[n] / correction1)
-                    / ((second[n] / correction2).sqrt() + self.adam_eps) for n, v in fast.items()}
+            fast, moments = adam_update(fast, grads, moments, step, lrs, self.adam_betas,
+                                        self.adam_eps)
             trajectory.append({**frozen, **fast})
             losses.append(loss)
         return trajectory, losses
