@@ -14,10 +14,16 @@ initialisation, data, thread count and Adam meta-optimiser.
 For each workload every implementation first computes the meta-gradient at the same initial
 parameters; they must agree with the plain loop to ``--tolerance`` (relative, in norm) or the
 row is flagged and the exit status is 1. Then the implementations run ``--warmup`` untimed and
-``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns, each in its own
-process, and the table gives the median (min-max) milliseconds per meta-iteration, the peak memory
-above the process's resident memory after set-up (GPU: peak allocated), and the ratios to the
-fastest peer.
+``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns of ``--block``
+consecutive iterations, each in its own process, and the table gives the median (min-max)
+milliseconds per meta-iteration, the peak memory above the process's resident memory after set-up
+(GPU: peak allocated), and the ratios to the fastest peer.
+
+Turns of several back-to-back iterations time what training does. With one iteration per turn,
+every iteration starts on a core that slept while the other processes ran, and pays its wake-up
+(about 1 ms on the 2-core development machine: W1's compiled mamlkit step measured 1.8 ms
+after a 20 ms sleep against 0.7 ms back to back); that is noise for the 20 ms peers but doubles
+a 1 ms step.
 """
 
 from __future__ import annotations
@@ -136,21 +142,23 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
             result.error = reply[1].strip().splitlines()[0]
             proc.kill()
 
-    rounds = args.warmup + args.iters
-    for i in range(rounds):
+    turns = [args.warmup] if args.warmup else []
+    turns += [args.block] * (args.iters // args.block)
+    turns += [args.iters % args.block] if args.iters % args.block else []
+    for i, count in enumerate(turns):
         order = running[i % len(running):] + running[:i % len(running)] if running else []
         for result, conn, _ in order:
             if result.error:
                 continue
             try:
-                conn.send("step")
-                ms, cpu_ms = conn.recv()
+                conn.send(("step", count))
+                times = conn.recv()
             except (EOFError, OSError, BrokenPipeError) as error:
                 result.error = f"process died during a step ({type(error).__name__})"
                 continue
-            if i >= args.warmup:
-                result.times_ms.append(ms)
-                result.cpu_ms.append(cpu_ms)
+            if i > 0 or not args.warmup:
+                result.times_ms.extend(ms for ms, _ in times)
+                result.cpu_ms.extend(cpu_ms for _, cpu_ms in times)
     for result, conn, proc in running:
         if not result.error:
             conn.send("memory")
@@ -203,6 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              + str(SCALING["W1"]))
     parser.add_argument("--iters", type=int, default=20, help="timed meta-iterations (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations first")
+    parser.add_argument("--block", type=int, default=5,
+                        help="meta-iterations each implementation runs back to back per turn "
+                             "(1: strict alternation; every iteration then pays a core's "
+                             "wake-up, see above)")
     parser.add_argument("--impls", nargs="+", default=["mamlkit", *PEERS],
                         help="implementations: mamlkit and peers " + str(PEERS))
     parser.add_argument("--mamlkit", nargs="+", default=["auto"], metavar="MODE",
@@ -234,8 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad_modes:
         parser.error(f"unknown --mamlkit modes {bad_modes}; use auto, loop or vmap, optionally "
                      "with /N (chunk size) and +compile, e.g. vmap/8+compile")
-    if args.iters < 1 or args.warmup < 0:
-        parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.block < 1:
+        parser.error("--iters and --block must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but torch.cuda.is_available() is False; "
                      "run on a GPU machine or use --device cpu")

@@ -95,8 +95,9 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
            seed: int) -> None:
     """Process entry point: set up, then time meta-iterations on request.
 
-    Messages sent: ``("ready",)`` or ``("error", text)``; then a ``(wall, cpu)`` milliseconds
-    pair per ``"step"`` request and ``(peak_bytes,)`` for ``"memory"``. The peak counts from the
+    Messages sent: ``("ready",)`` or ``("error", text)``; then, for a ``("step", n)`` request,
+    a list of ``n`` ``(wall, cpu)`` milliseconds pairs, one per meta-iteration run back to back
+    (as training runs them), and ``(peak_bytes,)`` for ``"memory"``. The peak counts from the
     resident memory (GPU: allocated memory) after set-up.
     """
     try:
@@ -122,15 +123,18 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
         return
     while True:
         command = conn.recv()
-        if command == "step":
-            sync()
-            start, cpu_start = time.perf_counter(), time.process_time()
-            optimizer.zero_grad(set_to_none=True)
-            meta_gradient(batch)
-            optimizer.step()
-            sync()
-            conn.send(((time.perf_counter() - start) * 1000.0,
-                       (time.process_time() - cpu_start) * 1000.0))
+        if isinstance(command, tuple) and command[0] == "step":
+            times = []
+            for _ in range(command[1]):
+                sync()
+                start, cpu_start = time.perf_counter(), time.process_time()
+                optimizer.zero_grad(set_to_none=True)
+                meta_gradient(batch)
+                optimizer.step()
+                sync()
+                times.append(((time.perf_counter() - start) * 1000.0,
+                              (time.process_time() - cpu_start) * 1000.0))
+            conn.send(times)
         elif command == "memory":
             peak = torch.cuda.max_memory_allocated() if cuda else peak_resident_bytes()
             conn.send((peak - baseline,))

@@ -81,6 +81,9 @@ class TrainConfig:
     gradients stay float32)."""
     chunk_size: int = 0
     """Tasks per backward pass to bound memory (0 = the whole meta-batch)."""
+    compile: bool = False
+    """torch.compile the meta-gradient (compiled on the first iteration: seconds for the sinusoid
+    MLP, minutes for a CNN on a small CPU; about 3x faster per iteration on the sinusoid MLP)."""
     threads: int = 0
     """Torch intra-op threads (0 = torch's default)."""
     on_nonfinite: str = "stop"

@@ -59,8 +59,11 @@ class MetaLearner(nn.Module):
         eval_inner_steps: adaptation steps at test time (defaults to ``inner_steps``).
         compile: run the per-batch (``vmap``) or per-task (``loop``) objective through
             ``torch.compile`` (the inner loop's gradients included, so the meta-gradient is one
-            backward pass of compiled code). Compiles once per input shape, on the first call
-            (minutes on a small CPU); if compilation fails the learner warns and runs eagerly.
+            backward pass of compiled code). Under ``vmap``, :meth:`meta_backward` compiles the
+            whole meta-gradient instead (``torch.func.grad`` of the batched objective: forward,
+            inner and outer backward in one graph, no autograd engine at run time). Compiles
+            once per input shape, on the first call (seconds for an MLP, minutes for a CNN on a
+            small CPU); if compilation fails the learner warns and runs eagerly.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class MetaLearner(nn.Module):
         self.use_compile = bool(compile)
         self._compiled: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {}
         self._compile_failed = False
+        self._compiled_meta_gradient: Callable[..., Any] | None = None
 
     # ------------------------------------------------------------------ functional building blocks
     def meta_params(self) -> Params:
@@ -262,13 +266,13 @@ class MetaLearner(nn.Module):
         metrics = {k: torch.stack([m[k] for _, m in results]) for k in results[0][1]}
         return losses, metrics
 
-    def _objective(self, mode: str) -> Callable[..., tuple[Tensor, Metrics]]:
+    def _objective(self, mode: str, compiled: bool = True) -> Callable[..., tuple[Tensor, Metrics]]:
         """``task_objective`` over a batch (``vmap``) or one task (``loop``), compiled if asked."""
         if mode == "vmap":
             eager = vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
         else:
             eager = self.task_objective
-        if not self.use_compile or self._compile_failed:
+        if not (compiled and self.use_compile) or self._compile_failed:
             return eager
         if mode not in self._compiled:
             compiled = torch.compile(eager, dynamic=False)
@@ -279,15 +283,67 @@ class MetaLearner(nn.Module):
                 try:
                     return compiled(*args)
                 except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
-                    warnings.warn(
-                        f"torch.compile could not compile the meta-objective ({type(error).__name__}:"
-                        f" {error}); running it eagerly. Pass compile=False to skip the attempt.",
-                        RuntimeWarning, stacklevel=3)
-                    self._compile_failed = True
+                    self._warn_compile_failure(error)
                     return eager(*args)
 
             self._compiled[mode] = run
         return self._compiled[mode]
+
+    def forward(self, support_x: Any, support_y: Tensor, query_x: Any, query_y: Tensor
+                ) -> tuple[Tensor, Metrics]:
+        """Per-task outer losses ``[tasks]`` and metrics of a batch, ``vmap``-ped over tasks.
+
+        The learner as a function of all its parameters (the model's and any the algorithm
+        learns, such as Meta-SGD's rates), which is what the compiled meta-gradient
+        differentiates through ``torch.func.functional_call``. Prefer :meth:`meta_loss` or
+        :meth:`meta_backward`, which also check the batch and pick the batching mode.
+        """
+        return self._objective("vmap", compiled=False)(
+            self.meta_params(), support_x, support_y, query_x, query_y)
+
+    def _uses_compiled_meta_gradient(self, mode: str) -> bool:
+        """Whether :meth:`meta_backward` takes the compiled ``torch.func.grad`` path: asked for
+        (``compile=True``), vmapped, and the algorithm keeps the shared batching (an override of
+        :meth:`batched_objective`, such as MAML++'s running statistics, needs the autograd path)."""
+        return (self.use_compile and not self._compile_failed and mode == "vmap"
+                and type(self).batched_objective is MetaLearner.batched_objective)
+
+    def _compiled_meta_backward(self, chunk: TaskBatch, scale: float) -> tuple[Tensor, Metrics]:
+        """Add ``scale`` times the gradient of the chunk's summed losses to ``.grad`` from one
+        compiled call of ``torch.func.grad`` (see ``compile`` in the class docstring)."""
+        if self._compiled_meta_gradient is None:
+            def summed_loss(trainable: Params, *args: Any) -> tuple[Tensor, tuple[Tensor, Metrics]]:
+                losses, metrics = functional_call(self, trainable, args, strict=False)
+                return losses.sum() * scale, (losses.detach(), metrics)
+
+            self._compiled_meta_gradient = torch.compile(
+                grad_and_value(summed_loss, has_aux=True), dynamic=False)
+        if self._norm_mode is not None:
+            self._norm_mode.vmapped = True  # read by compiled code, no stack lookup
+        trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
+        try:
+            grads, (_, (losses, metrics)) = self._compiled_meta_gradient(
+                {n: p.detach() for n, p in trainable.items()}, *args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
+            self._warn_compile_failure(error)
+            losses, metrics = self.batched_objective(chunk, "vmap")
+            (losses.sum() * scale).backward()
+            return losses.detach(), metrics
+        for name, gradient in grads.items():
+            parameter = trainable[name]
+            if parameter.grad is None:
+                parameter.grad = gradient
+            else:
+                parameter.grad.add_(gradient)
+        return losses, metrics
+
+    def _warn_compile_failure(self, error: Exception) -> None:
+        warnings.warn(
+            f"torch.compile could not compile the meta-objective ({type(error).__name__}:"
+            f" {error}); running it eagerly. Pass compile=False to skip the attempt.",
+            RuntimeWarning, stacklevel=4)
+        self._compile_failed = True
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean outer loss over the batch's tasks (backprop it yourself) and mean metrics."""
@@ -305,10 +361,15 @@ class MetaLearner(nn.Module):
         """
         total = batch.num_tasks
         sums: dict[str, float] = {}
-        size = 1 if self.batching_for(batch) == "loop" else (self.chunk_size or total)
+        mode = self.batching_for(batch)
+        size = 1 if mode == "loop" else (self.chunk_size or total)
         for chunk in iterate_chunks(batch, size):
-            losses, metrics = self.batched_objective(chunk)
-            (losses.sum() / total).backward()
+            if self._uses_compiled_meta_gradient(mode):
+                self._check_batch(chunk)
+                losses, metrics = self._compiled_meta_backward(chunk, 1.0 / total)
+            else:
+                losses, metrics = self.batched_objective(chunk)
+                (losses.sum() / total).backward()
             metrics = {"loss": losses.detach(), **metrics}
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
@@ -456,5 +517,8 @@ def _is_vmap_limitation(error: Exception) -> bool:
 
 def iterate_chunks(batch: TaskBatch, size: int) -> Iterator[TaskBatch]:
     """The batch's tasks in consecutive chunks of at most ``size`` tasks."""
+    if size >= batch.num_tasks:
+        yield batch
+        return
     for start in range(0, batch.num_tasks, size):
         yield batch.slice(slice(start, start + size))
