@@ -14,16 +14,18 @@ initialisation, data, thread count and Adam meta-optimiser.
 For each workload every implementation first computes the meta-gradient at the same initial
 parameters; they must agree with the plain loop to ``--tolerance`` (relative, in norm) or the
 row is flagged and the exit status is 1. Then the implementations run ``--warmup`` untimed and
-``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns of ``--block``
-consecutive iterations, each in its own process, and the table gives the median (min-max)
+at least ``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns of at
+least ``--turn-ms`` of back-to-back iterations (at least one), each in its own process, until
+every implementation has its ``--iters``; the table gives the median (min-max)
 milliseconds per meta-iteration, the peak memory above the process's resident memory after set-up
 (GPU: peak allocated), and the ratios to the fastest peer.
 
-Turns of several back-to-back iterations time what training does. With one iteration per turn,
-every iteration starts on a core that slept while the other processes ran, and pays its wake-up
-(about 1 ms on the 2-core development machine: W1's compiled mamlkit step measured 1.8 ms
-after a 20 ms sleep against 0.7 ms back to back); that is noise for the 20 ms peers but doubles
-a 1 ms step.
+Turns of back-to-back iterations time what training does, and turns of equal length keep the
+alternation fair in time. With one iteration per turn, every iteration would start on a core that
+slept while the other processes ran and pay its wake-up: on the 2-core development machine W1's
+compiled mamlkit step took 1.5, 1.05, 0.91, 0.86, 0.84 ... 0.81 ms for the 1st, 2nd, 3rd, 4th,
+5th ... 10th iteration after a 20 ms sleep; that is noise for the 20 ms peers but doubles a 1 ms
+step.
 """
 
 from __future__ import annotations
@@ -142,23 +144,23 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
             result.error = reply[1].strip().splitlines()[0]
             proc.kill()
 
-    turns = [args.warmup] if args.warmup else []
-    turns += [args.block] * (args.iters // args.block)
-    turns += [args.iters % args.block] if args.iters % args.block else []
-    for i, count in enumerate(turns):
-        order = running[i % len(running):] + running[:i % len(running)] if running else []
+    i = 0
+    while any(len(r.times_ms) < args.iters for r, _, _ in running if not r.error):
+        warmup = i == 0 and args.warmup > 0  # one untimed turn of --warmup iterations first
+        order = running[i % len(running):] + running[:i % len(running)]
         for result, conn, _ in order:
             if result.error:
                 continue
             try:
-                conn.send(("step", count))
+                conn.send(("step", args.warmup, 0.0) if warmup else ("step", 1, args.turn_ms))
                 times = conn.recv()
             except (EOFError, OSError, BrokenPipeError) as error:
                 result.error = f"process died during a step ({type(error).__name__})"
                 continue
-            if i > 0 or not args.warmup:
+            if not warmup:
                 result.times_ms.extend(ms for ms, _ in times)
                 result.cpu_ms.extend(cpu_ms for _, cpu_ms in times)
+        i += 1
     for result, conn, proc in running:
         if not result.error:
             conn.send("memory")
@@ -195,8 +197,9 @@ def format_table(workload: Workload, results: list[Result], tolerance: float) ->
         lines.append(f"| {r.label} | {r.median:.1f} ({min(r.times_ms):.1f}-{max(r.times_ms):.1f}) "
                      f"| {speed} | {cpu:.1f} | {cpu_speed} | {peak:.0f} | {mem} | {r.grad_error:.1e}{flag} |")
     if fastest:
+        counts = sorted(len(r.times_ms) for r in timed)
         lines.append(f"\nfastest peer: {fastest.label} (wall), {fastest_cpu.label} (CPU); "
-                     f"{len(timed[0].times_ms)} timed iterations")
+                     f"{counts[0]}-{counts[-1]} timed iterations per implementation")
     return "\n".join(lines)
 
 
@@ -211,10 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              + str(SCALING["W1"]))
     parser.add_argument("--iters", type=int, default=20, help="timed meta-iterations (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations first")
-    parser.add_argument("--block", type=int, default=5,
-                        help="meta-iterations each implementation runs back to back per turn "
-                             "(1: strict alternation; every iteration then pays a core's "
-                             "wake-up, see above)")
+    parser.add_argument("--turn-ms", type=float, default=100.0,
+                        help="each implementation's turn: back-to-back meta-iterations for at "
+                             "least this long, at least one (0: strict alternation, where every "
+                             "iteration pays a core's wake-up, see above)")
     parser.add_argument("--impls", nargs="+", default=["mamlkit", *PEERS],
                         help="implementations: mamlkit and peers " + str(PEERS))
     parser.add_argument("--mamlkit", nargs="+", default=["auto"], metavar="MODE",
@@ -246,8 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad_modes:
         parser.error(f"unknown --mamlkit modes {bad_modes}; use auto, loop or vmap, optionally "
                      "with /N (chunk size) and +compile, e.g. vmap/8+compile")
-    if args.iters < 1 or args.warmup < 0 or args.block < 1:
-        parser.error("--iters and --block must be >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.turn_ms < 0:
+        parser.error("--iters must be >= 1, --warmup and --turn-ms >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but torch.cuda.is_available() is False; "
                      "run on a GPU machine or use --device cpu")

@@ -95,9 +95,10 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
            seed: int) -> None:
     """Process entry point: set up, then time meta-iterations on request.
 
-    Messages sent: ``("ready",)`` or ``("error", text)``; then, for a ``("step", n)`` request,
-    a list of ``n`` ``(wall, cpu)`` milliseconds pairs, one per meta-iteration run back to back
-    (as training runs them), and ``(peak_bytes,)`` for ``"memory"``. The peak counts from the
+    Messages sent: ``("ready",)`` or ``("error", text)``; then, for a ``("step", n, ms)``
+    request, the ``(wall, cpu)`` milliseconds of each meta-iteration of a turn: back to back (as
+    training runs them), at least ``n`` of them and for at least ``ms`` milliseconds; and
+    ``(peak_bytes,)`` for ``"memory"``. The peak counts from the
     resident memory (GPU: allocated memory) after set-up.
     """
     try:
@@ -124,8 +125,10 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
     while True:
         command = conn.recv()
         if isinstance(command, tuple) and command[0] == "step":
-            times = []
-            for _ in range(command[1]):
+            _, count, turn_ms = command
+            times: list[tuple[float, float]] = []
+            turn_start = time.perf_counter()
+            while len(times) < count or (time.perf_counter() - turn_start) * 1000.0 < turn_ms:
                 sync()
                 start, cpu_start = time.perf_counter(), time.process_time()
                 optimizer.zero_grad(set_to_none=True)
