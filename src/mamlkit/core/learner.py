@@ -57,13 +57,13 @@ class MetaLearner(nn.Module):
             memory; gradients are accumulated and equal those of the whole batch.
         batchnorm: ``"transductive"`` (batch statistics everywhere, the paper's) or ``"module"``.
         eval_inner_steps: adaptation steps at test time (defaults to ``inner_steps``).
-        compile: run the per-batch (``vmap``) or per-task (``loop``) objective through
-            ``torch.compile`` (the inner loop's gradients included, so the meta-gradient is one
-            backward pass of compiled code). Under ``vmap``, :meth:`meta_backward` compiles the
-            whole meta-gradient instead (``torch.func.grad`` of the batched objective: forward,
-            inner and outer backward in one graph, no autograd engine at run time). Compiles
-            once per input shape, on the first call (seconds for an MLP, minutes for a CNN on a
-            small CPU); if compilation fails the learner warns and runs eagerly.
+        compile: ``torch.compile`` the meta-gradient: :meth:`meta_backward` differentiates the
+            objective with ``torch.func.grad`` inside one compiled graph (forward, inner and outer
+            backward, no autograd engine at run time), per batch under ``vmap`` and per task in
+            the loop; :meth:`meta_loss` compiles the objective and backpropagates through it.
+            Compiles once per input shape, on the first call (seconds for an MLP, one to a few
+            minutes for a CNN on a small CPU); if compilation fails the learner warns and runs
+            eagerly.
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class MetaLearner(nn.Module):
         self.use_compile = bool(compile)
         self._compiled: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {}
         self._compile_failed = False
-        self._compiled_meta_gradient: Callable[..., Any] | None = None
+        self._compiled_meta_gradients: dict[str, Callable[..., Any]] = {}
 
     # ------------------------------------------------------------------ functional building blocks
     def meta_params(self) -> Params:
@@ -289,45 +289,54 @@ class MetaLearner(nn.Module):
             self._compiled[mode] = run
         return self._compiled[mode]
 
-    def forward(self, support_x: Any, support_y: Tensor, query_x: Any, query_y: Tensor
-                ) -> tuple[Tensor, Metrics]:
-        """Per-task outer losses ``[tasks]`` and metrics of a batch, ``vmap``-ped over tasks.
+    def forward(self, support_x: Any, support_y: Tensor, query_x: Any, query_y: Tensor,
+                batched: bool = True) -> tuple[Tensor, Metrics]:
+        """Outer losses and metrics: per task (``[tasks]``, ``vmap``-ped) for a batch, or scalars
+        for one task's tensors (no task dimension) when ``batched`` is False.
 
         The learner as a function of all its parameters (the model's and any the algorithm
         learns, such as Meta-SGD's rates), which is what the compiled meta-gradient
         differentiates through ``torch.func.functional_call``. Prefer :meth:`meta_loss` or
         :meth:`meta_backward`, which also check the batch and pick the batching mode.
         """
-        return self._objective("vmap", compiled=False)(
+        return self._objective("vmap" if batched else "loop", compiled=False)(
             self.meta_params(), support_x, support_y, query_x, query_y)
 
-    def _uses_compiled_meta_gradient(self, mode: str) -> bool:
+    def _uses_compiled_meta_gradient(self) -> bool:
         """Whether :meth:`meta_backward` takes the compiled ``torch.func.grad`` path: asked for
-        (``compile=True``), vmapped, and the algorithm keeps the shared batching (an override of
+        (``compile=True``) and the algorithm keeps the shared batching (an override of
         :meth:`batched_objective`, such as MAML++'s running statistics, needs the autograd path)."""
-        return (self.use_compile and not self._compile_failed and mode == "vmap"
+        return (self.use_compile and not self._compile_failed
                 and type(self).batched_objective is MetaLearner.batched_objective)
 
-    def _compiled_meta_backward(self, chunk: TaskBatch, scale: float) -> tuple[Tensor, Metrics]:
+    def _compiled_meta_backward(self, chunk: TaskBatch, scale: float, mode: str
+                                ) -> tuple[Tensor, Metrics]:
         """Add ``scale`` times the gradient of the chunk's summed losses to ``.grad`` from one
-        compiled call of ``torch.func.grad`` (see ``compile`` in the class docstring)."""
-        if self._compiled_meta_gradient is None:
-            def summed_loss(trainable: Params, *args: Any) -> tuple[Tensor, tuple[Tensor, Metrics]]:
-                losses, metrics = functional_call(self, trainable, args, strict=False)
-                return losses.sum() * scale, (losses.detach(), metrics)
+        compiled call of ``torch.func.grad`` (see ``compile`` in the class docstring); under
+        ``loop`` the chunk is one task."""
+        batched = mode == "vmap"
+        if mode not in self._compiled_meta_gradients:
+            def scaled_loss(trainable: Params, factor: Tensor, *args: Any
+                            ) -> tuple[Tensor, tuple[Tensor, Metrics]]:
+                losses, metrics = functional_call(self, trainable, args, {"batched": batched},
+                                                  strict=False)
+                return losses.sum() * factor.to(losses.dtype), (losses.detach(), metrics)
 
-            self._compiled_meta_gradient = torch.compile(
-                grad_and_value(summed_loss, has_aux=True), dynamic=False)
+            self._compiled_meta_gradients[mode] = torch.compile(
+                grad_and_value(scaled_loss, has_aux=True), dynamic=False)
         if self._norm_mode is not None:
-            self._norm_mode.vmapped = True  # read by compiled code, no stack lookup
+            self._norm_mode.vmapped = batched  # read by compiled code, no stack lookup
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
+        if not batched:
+            args = tuple(a[0] for a in args)
+        factor = torch.tensor(scale, device=chunk.query_y.device)  # a value, not a constant
         try:
-            grads, (_, (losses, metrics)) = self._compiled_meta_gradient(
-                {n: p.detach() for n, p in trainable.items()}, *args)
+            grads, (_, (losses, metrics)) = self._compiled_meta_gradients[mode](
+                {n: p.detach() for n, p in trainable.items()}, factor, *args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
             self._warn_compile_failure(error)
-            losses, metrics = self.batched_objective(chunk, "vmap")
+            losses, metrics = self.batched_objective(chunk, mode)
             (losses.sum() * scale).backward()
             return losses.detach(), metrics
         for name, gradient in grads.items():
@@ -363,10 +372,12 @@ class MetaLearner(nn.Module):
         sums: dict[str, float] = {}
         mode = self.batching_for(batch)
         size = 1 if mode == "loop" else (self.chunk_size or total)
+        compiled = self._uses_compiled_meta_gradient()
+        if compiled:
+            self._check_batch(batch)
         for chunk in iterate_chunks(batch, size):
-            if self._uses_compiled_meta_gradient(mode):
-                self._check_batch(chunk)
-                losses, metrics = self._compiled_meta_backward(chunk, 1.0 / total)
+            if compiled:
+                losses, metrics = self._compiled_meta_backward(chunk, 1.0 / total, mode)
             else:
                 losses, metrics = self.batched_objective(chunk)
                 (losses.sum() / total).backward()
