@@ -132,7 +132,8 @@ def _aot_eager_compile(monkeypatch):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager", **kw))
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, options=None, **kw: real(fn, backend="aot_eager", **kw))
     return torch._dynamo.utils.counters
 
 
@@ -160,6 +161,19 @@ def test_compiled_objective_gives_the_eager_meta_gradient_without_recompiling(mo
     assert not counters["graph_break"], dict(counters["graph_break"])
     torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(again, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_compile_on_the_cpu_keeps_the_layout_of_convolutions(monkeypatch):
+    """Inductor's channels-last choice for convolutions slows the CPU loop down: it is turned off
+    there (every torch.compile call of the learner gets the option)."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    for batching in ("loop", "vmap"):
+        learner = MAML(_bn_cnn(), inner_lr=0.3, loss="cross_entropy", batching=batching, compile=True)
+        learner.meta_backward(_image_batch(tasks=2))
+        learner.meta_loss(_image_batch(tasks=2))
+    assert len(seen) == 4
+    assert all(kw == {"dynamic": False, "options": {"layout_optimization": False}} for kw in seen)
 
 
 def test_compile_failure_warns_and_runs_eagerly(monkeypatch):

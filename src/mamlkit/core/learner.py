@@ -275,7 +275,7 @@ class MetaLearner(nn.Module):
         if not (compiled and self.use_compile) or self._compile_failed:
             return eager
         if mode not in self._compiled:
-            compiled = torch.compile(eager, dynamic=False)
+            compiled = _compile(eager, self._device())
 
             def run(*args: Any) -> tuple[Tensor, Metrics]:
                 if self._compile_failed:
@@ -322,8 +322,8 @@ class MetaLearner(nn.Module):
                                                   strict=False)
                 return losses.sum() * factor.to(losses.dtype), (losses.detach(), metrics)
 
-            self._compiled_meta_gradients[mode] = torch.compile(
-                grad_and_value(scaled_loss, has_aux=True), dynamic=False)
+            self._compiled_meta_gradients[mode] = _compile(
+                grad_and_value(scaled_loss, has_aux=True), chunk.query_y.device)
         if self._norm_mode is not None:
             self._norm_mode.vmapped = batched  # read by compiled code, no stack lookup
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -346,6 +346,9 @@ class MetaLearner(nn.Module):
             else:
                 parameter.grad.add_(gradient)
         return losses, metrics
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def _warn_compile_failure(self, error: Exception) -> None:
         warnings.warn(
@@ -486,6 +489,15 @@ class MetaLearner(nn.Module):
                 f"input size matches the task. Original error: {error}"
             ) from error
         self._checked_shapes.add(key)
+
+
+def _compile(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+    """``torch.compile`` for one input shape; on the CPU without Inductor's channels-last layout
+    choice for convolutions, which makes the small-batch convolution backward passes of the inner
+    loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md)."""
+    if device.type == "cpu":
+        return torch.compile(fn, dynamic=False, options={"layout_optimization": False})
+    return torch.compile(fn, dynamic=False)
 
 
 def _functorch_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
