@@ -17,8 +17,10 @@ row is flagged and the exit status is 1. Then the implementations run ``--warmup
 at least ``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns of at
 least ``--turn-ms`` of back-to-back iterations (at least one), each in its own process, until
 every implementation has its ``--iters``; the table gives the median (min-max)
-milliseconds per meta-iteration, the peak memory above the process's resident memory after set-up
-(GPU: peak allocated), and the ratios to the fastest peer.
+milliseconds per meta-iteration, the peak memory of the timed iterations above the process's
+resident memory after the warm-up (GPU: peak allocated; freed heap memory is handed back to the
+system first, so it measures what the iterations need, not what the warm-up or
+``torch.compile`` left), and the ratios to the fastest peer.
 
 Turns of back-to-back iterations time what training does, and turns of equal length keep the
 alternation fair in time. With one iteration per turn, every iteration would start on a core that
@@ -195,7 +197,7 @@ def format_table(workload: Workload, results: list[Result], tolerance: float) ->
                else "n/a")
         flag = "" if r.grad_error is not None and r.grad_error <= tolerance else " MISMATCH"
         lines.append(f"| {r.label} | {r.median:.1f} ({min(r.times_ms):.1f}-{max(r.times_ms):.1f}) "
-                     f"| {speed} | {cpu:.1f} | {cpu_speed} | {peak:.0f} | {mem} | {r.grad_error:.1e}{flag} |")
+                     f"| {speed} | {cpu:.1f} | {cpu_speed} | {peak:.1f} | {mem} | {r.grad_error:.1e}{flag} |")
     if fastest:
         counts = sorted(len(r.times_ms) for r in timed)
         lines.append(f"\nfastest peer: {fastest.label} (wall), {fastest_cpu.label} (CPU); "

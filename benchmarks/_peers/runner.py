@@ -8,6 +8,8 @@ stay meaningful even when absolute times move.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib
 import os
 import resource
@@ -41,8 +43,33 @@ def resident_bytes() -> int:
 
 
 def peak_resident_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports kilobytes)."""
+    """Peak resident set size of this process since the last :func:`reset_peak_resident` (Linux
+    ``VmHWM``), or since it started where that cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_resident() -> bool:
+    """Hand freed heap memory back to the system and restart the peak from the current resident
+    set, so that a later peak measures what the following work needs (Linux; False elsewhere).
+
+    Without the trim, memory that warm-up iterations freed but the C allocator kept would already
+    be resident and hide the iterations' own needs; without the reset, one-off set-up work (such
+    as ``torch.compile``'s compiler) would set the peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # pragma: no cover - not glibc/Linux
+        return False
+    return True
 
 
 def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any, str, str]:
@@ -98,8 +125,9 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
     Messages sent: ``("ready",)`` or ``("error", text)``; then, for a ``("step", n, ms)``
     request, the ``(wall, cpu)`` milliseconds of each meta-iteration of a turn: back to back (as
     training runs them), at least ``n`` of them and for at least ``ms`` milliseconds; and
-    ``(peak_bytes,)`` for ``"memory"``. The peak counts from the
-    resident memory (GPU: allocated memory) after set-up.
+    ``(peak_bytes,)`` for ``"memory"``. The peak counts from the resident memory (GPU: allocated
+    memory) after the first turn, the warm-up (:func:`reset_peak_resident`), or after set-up when
+    the peak cannot be reset.
     """
     try:
         torch.set_num_threads(threads)
@@ -122,6 +150,7 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
     except Exception as error:  # noqa: BLE001
         conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"))
         return
+    warmed_up = False
     while True:
         command = conn.recv()
         if isinstance(command, tuple) and command[0] == "step":
@@ -138,6 +167,14 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
                 times.append(((time.perf_counter() - start) * 1000.0,
                               (time.process_time() - cpu_start) * 1000.0))
             conn.send(times)
+            if not warmed_up:  # the first turn is the warm-up: measure memory from here on
+                warmed_up = True
+                sync()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                    baseline = torch.cuda.memory_allocated()
+                elif reset_peak_resident():
+                    baseline = resident_bytes()
         elif command == "memory":
             peak = torch.cuda.max_memory_allocated() if cuda else peak_resident_bytes()
             conn.send((peak - baseline,))

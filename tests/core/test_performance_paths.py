@@ -254,17 +254,17 @@ def test_compiled_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(4, 10, 1, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 10, 1, generator=g, dtype=torch.float64)
     batch = TaskBatch(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]))
     kwargs = {"inner_lr": 0.1, "inner_steps": 2, "loss": "mse", "batching": batching,
-              "chunk_size": 3}
+              "chunk_size": 3}  # chunks of 3 + 2 tasks; 1/5 and 1/3 are inexact in float32
 
     def gradients(learner, batches):
         learner.zero_grad()
         metrics = [learner.meta_backward(b) for b in batches]
         return [p.grad.clone() for p in learner.parameters()], metrics
 
-    batches = [batch, batch, batch.slice(slice(0, 2))]
+    batches = [batch, batch, batch.slice(slice(0, 3))]
     expected, expected_metrics = gradients(make_algorithm(name, copy.deepcopy(model), **kwargs),
                                            batches)
     counters = _aot_eager_compile(monkeypatch)

@@ -330,7 +330,8 @@ class MetaLearner(nn.Module):
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
         if not batched:
             args = tuple(a[0] for a in args)
-        factor = torch.tensor(scale, device=chunk.query_y.device)  # a value, not a constant
+        dtype = next(iter(trainable.values())).dtype
+        factor = torch.tensor(scale, dtype=dtype, device=chunk.query_y.device)  # not a constant
         try:
             grads, (_, (losses, metrics)) = self._compiled_meta_gradients[mode](
                 {n: p.detach() for n, p in trainable.items()}, factor, *args)
