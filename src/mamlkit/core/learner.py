@@ -330,7 +330,7 @@ class MetaLearner(nn.Module):
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
         if not batched:
             args = tuple(a[0] for a in args)
-        dtype = next(iter(trainable.values())).dtype
+        dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
         factor = torch.tensor(scale, dtype=dtype, device=chunk.query_y.device)  # not a constant
         try:
             grads, (_, (losses, metrics)) = self._compiled_meta_gradients[mode](
