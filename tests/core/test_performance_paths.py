@@ -273,6 +273,8 @@ def test_compiled_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
     graphs = counters["stats"]["unique_graphs"]
     got, metrics = gradients(learner, batches)
     assert not learner._compile_failed
+    # the torch.func.grad path is taken, except by MAML++ (its own batching: compiled objective)
+    assert bool(learner._compiled_meta_gradients) == (name != "mamlpp")
     if name == "anil":  # its forward hook (features of any model) makes Dynamo run it eagerly
         assert graphs == 0 and counters["graph_break"]
     else:
