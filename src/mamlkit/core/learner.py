@@ -266,13 +266,16 @@ class MetaLearner(nn.Module):
         metrics = {k: torch.stack([m[k] for _, m in results]) for k in results[0][1]}
         return losses, metrics
 
-    def _objective(self, mode: str, compiled: bool = True) -> Callable[..., tuple[Tensor, Metrics]]:
-        """``task_objective`` over a batch (``vmap``) or one task (``loop``), compiled if asked."""
+    def _eager_objective(self, mode: str) -> Callable[..., tuple[Tensor, Metrics]]:
+        """``task_objective`` over a batch (``vmap``) or one task (``loop``)."""
         if mode == "vmap":
-            eager = vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
-        else:
-            eager = self.task_objective
-        if not (compiled and self.use_compile) or self._compile_failed:
+            return vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
+        return self.task_objective
+
+    def _objective(self, mode: str) -> Callable[..., tuple[Tensor, Metrics]]:
+        """:meth:`_eager_objective`, compiled if asked."""
+        eager = self._eager_objective(mode)
+        if not self.use_compile or self._compile_failed:
             return eager
         if mode not in self._compiled:
             compiled = _compile(eager, self._device())
@@ -299,7 +302,7 @@ class MetaLearner(nn.Module):
         differentiates through ``torch.func.functional_call``. Prefer :meth:`meta_loss` or
         :meth:`meta_backward`, which also check the batch and pick the batching mode.
         """
-        return self._objective("vmap" if batched else "loop", compiled=False)(
+        return self._eager_objective("vmap" if batched else "loop")(
             self.meta_params(), support_x, support_y, query_x, query_y)
 
     def _uses_compiled_meta_gradient(self) -> bool:
@@ -310,10 +313,11 @@ class MetaLearner(nn.Module):
                 and type(self).batched_objective is MetaLearner.batched_objective)
 
     def _compiled_meta_backward(self, chunk: TaskBatch, scale: float, mode: str
-                                ) -> tuple[Tensor, Metrics]:
+                                ) -> tuple[Tensor, Metrics] | None:
         """Add ``scale`` times the gradient of the chunk's summed losses to ``.grad`` from one
         compiled call of ``torch.func.grad`` (see ``compile`` in the class docstring); under
-        ``loop`` the chunk is one task."""
+        ``loop`` the chunk is one task. None, after a warning, if compilation failed (nothing
+        was accumulated; the caller runs the chunk eagerly)."""
         batched = mode == "vmap"
         if mode not in self._compiled_meta_gradients:
             def scaled_loss(trainable: Params, factor: Tensor, *args: Any
@@ -323,7 +327,7 @@ class MetaLearner(nn.Module):
                 return losses.sum() * factor.to(losses.dtype), (losses.detach(), metrics)
 
             self._compiled_meta_gradients[mode] = _compile(
-                grad_and_value(scaled_loss, has_aux=True), chunk.query_y.device)
+                grad_and_value(scaled_loss, has_aux=True), self._device())
         if self._norm_mode is not None:
             self._norm_mode.vmapped = batched  # read by compiled code, no stack lookup
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -337,9 +341,7 @@ class MetaLearner(nn.Module):
                 {n: p.detach() for n, p in trainable.items()}, factor, *args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
             self._warn_compile_failure(error)
-            losses, metrics = self.batched_objective(chunk, mode)
-            (losses.sum() * scale).backward()
-            return losses.detach(), metrics
+            return None
         for name, gradient in grads.items():
             parameter = trainable[name]
             if parameter.grad is None:
@@ -374,17 +376,17 @@ class MetaLearner(nn.Module):
         """
         total = batch.num_tasks
         sums: dict[str, float] = {}
+        self._check_batch(batch)
         mode = self.batching_for(batch)
         size = 1 if mode == "loop" else (self.chunk_size or total)
-        compiled = self._uses_compiled_meta_gradient()
-        if compiled:
-            self._check_batch(batch)
         for chunk in iterate_chunks(batch, size):
-            if compiled:
-                losses, metrics = self._compiled_meta_backward(chunk, 1.0 / total, mode)
-            else:
+            result = (self._compiled_meta_backward(chunk, 1.0 / total, mode)
+                      if self._uses_compiled_meta_gradient() else None)
+            if result is None:
                 losses, metrics = self.batched_objective(chunk)
                 (losses.sum() / total).backward()
+            else:
+                losses, metrics = result
             metrics = {"loss": losses.detach(), **metrics}
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
