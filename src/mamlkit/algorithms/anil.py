@@ -45,6 +45,8 @@ class ANIL(MetaLearner):
             ``adapt``, which is the head's parameters by definition.
     """
 
+    task_threads_safe = False  # features are captured by a hook on the shared head module
+
     def __init__(self, model: nn.Module, *, head: str | None = None, **kwargs: Any) -> None:
         if "adapt" in kwargs:
             raise ValueError("ANIL adapts exactly the head's parameters; choose them with head='<module "

@@ -27,6 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
 from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
 from mamlkit.core.params import AdaptSelector, Params, named_buffers, named_params, select_names
+from mamlkit.core.task_threads import map_interleaved
 from mamlkit.core.transforms import plain_autograd_available
 from mamlkit.tasks.base import TaskBatch
 
@@ -38,6 +39,7 @@ Metrics = dict[str, Tensor]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d)
+_RANDOM_TYPES = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
 
 class MetaLearner(nn.Module):
@@ -64,7 +66,14 @@ class MetaLearner(nn.Module):
             Compiles once per input shape, on the first call (seconds for an MLP, one to a few
             minutes for a CNN on a small CPU); if compilation fails the learner warns and runs
             eagerly.
+        task_threads: worker threads over which the compiled per-task loop spreads a batch's
+            tasks on the CPU, each with one intra-op thread (see :meth:`task_threads_for`);
+            ``None`` picks per batch, ``1`` keeps every task on the calling thread.
     """
+
+    task_threads_safe: bool = True
+    """Whether :meth:`task_objective` may run for several tasks at once on different threads
+    (no state shared between calls; an algorithm that hooks into the model sets it False)."""
 
     def __init__(
         self,
@@ -80,6 +89,7 @@ class MetaLearner(nn.Module):
         batchnorm: str = "transductive",
         eval_inner_steps: int | None = None,
         compile: bool = False,
+        task_threads: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -91,6 +101,7 @@ class MetaLearner(nn.Module):
             raise ValueError(f"Unknown batching {batching!r}; choose one of {BATCHING_MODES}.")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of tasks, got {chunk_size}.")
+        self._check_task_threads(task_threads, compile)
         self.model = model
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -106,6 +117,9 @@ class MetaLearner(nn.Module):
         self._norm_mode = (ComposableNorms(batchnorm == "transductive")
                            if has_norm_layers(model) else None)
         self._has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
+        self._draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
+        self.task_threads = task_threads
+        self._warm_compiled: set[tuple] = set()
         self._vmap_failed = False
         self._checked_shapes: set[tuple] = set()
         self.use_compile = bool(compile)
@@ -312,43 +326,114 @@ class MetaLearner(nn.Module):
         return (self.use_compile and not self._compile_failed
                 and type(self).batched_objective is MetaLearner.batched_objective)
 
-    def _compiled_meta_backward(self, chunk: TaskBatch, scale: float, mode: str
-                                ) -> tuple[Tensor, Metrics] | None:
-        """Add ``scale`` times the gradient of the chunk's summed losses to ``.grad`` from one
-        compiled call of ``torch.func.grad`` (see ``compile`` in the class docstring); under
-        ``loop`` the chunk is one task. None, after a warning, if compilation failed (nothing
-        was accumulated; the caller runs the chunk eagerly)."""
+    def task_threads_for(self, batch: TaskBatch) -> int:
+        """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over.
+
+        Only the compiled meta-gradient of the per-task loop on the CPU runs on several threads:
+        it spends its time in kernels that release Python's GIL, while the eager loop holds the
+        GIL for most of its autograd and Python work. One task's small kernels keep one core
+        busy but split poorly over two (PyTorch's own intra-op threads make a few-shot CNN step
+        only 1.0-1.5x faster on two cores); whole tasks per core make it 1.9x faster
+        (docs/performance.md). With ``task_threads=None`` the learner uses
+        ``torch.get_num_threads()`` workers, unless the model draws random numbers (dropout: the
+        draws would depend on the threads' timing) or carries hooks (state that threads would
+        share); an explicit count applies as given. Either is capped at the number of tasks.
+        """
+        if (self.batching_for(batch) != "loop" or batch.query_y.device.type != "cpu"
+                or not self._uses_compiled_meta_gradient() or not self.task_threads_safe):
+            return 1
+        if self.task_threads is not None:
+            return max(1, min(self.task_threads, batch.num_tasks))
+        if self._draws_random or _has_hooks(self.model):
+            return 1
+        return max(1, min(torch.get_num_threads(), batch.num_tasks))
+
+    def _compiled_gradient(self, chunk: TaskBatch, factor: Tensor, mode: str, threaded: bool
+                           ) -> tuple[Params, Tensor, Metrics] | None:
+        """``factor`` times the gradient of the chunk's summed losses with respect to every
+        trainable parameter, from one compiled call of ``torch.func.grad`` (see ``compile`` in
+        the class docstring), and the chunk's losses and metrics; under ``loop`` the chunk is
+        one task. ``threaded`` selects the variant compiled for worker threads. None, after a
+        warning, if compilation failed."""
         batched = mode == "vmap"
-        if mode not in self._compiled_meta_gradients:
+        key = (mode, threaded)
+        if key not in self._compiled_meta_gradients:
             def scaled_loss(trainable: Params, factor: Tensor, *args: Any
                             ) -> tuple[Tensor, tuple[Tensor, Metrics]]:
                 losses, metrics = functional_call(self, trainable, args, {"batched": batched},
                                                   strict=False)
                 return losses.sum() * factor.to(losses.dtype), (losses.detach(), metrics)
 
-            self._compiled_meta_gradients[mode] = _compile(
-                grad_and_value(scaled_loss, has_aux=True), self._device())
-        if self._norm_mode is not None:
-            self._norm_mode.vmapped = batched  # read by compiled code, no stack lookup
-        trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
+            self._compiled_meta_gradients[key] = _compile(
+                grad_and_value(scaled_loss, has_aux=True), self._device(), worker_threads=threaded)
+        trainable = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
         if not batched:
             args = tuple(a[0] for a in args)
-        dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
-        factor = torch.tensor(scale, dtype=dtype, device=chunk.query_y.device)  # not a constant
         try:
-            grads, (_, (losses, metrics)) = self._compiled_meta_gradients[mode](
-                {n: p.detach() for n, p in trainable.items()}, factor, *args)
+            grads, (_, (losses, metrics)) = self._compiled_meta_gradients[key](
+                trainable, factor, *args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
             self._warn_compile_failure(error)
             return None
-        for name, gradient in grads.items():
-            parameter = trainable[name]
-            if parameter.grad is None:
-                parameter.grad = gradient
-            else:
-                parameter.grad.add_(gradient)
-        return losses, metrics
+        return grads, losses, metrics
+
+    def _compiled_meta_backward(self, chunks: list[TaskBatch], scale: float, mode: str,
+                                threads: int) -> list[tuple[Tensor, Metrics] | None]:
+        """Add ``scale`` times the gradient of every chunk's summed losses to ``.grad`` through
+        :meth:`_compiled_gradient`, on ``threads`` worker threads if more than one, and return
+        each chunk's losses and metrics; None for a chunk that could not be compiled (nothing of
+        it was accumulated: the caller runs it eagerly)."""
+        if self._norm_mode is not None:
+            self._norm_mode.vmapped = mode == "vmap"  # read by compiled code, no stack lookup
+        trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
+        factor = torch.tensor(scale, dtype=dtype, device=chunks[0].query_y.device)  # not a constant
+        threaded = threads > 1
+
+        def run(indices: list[int]) -> tuple[Params | None, dict[int, tuple[Tensor, Metrics]]]:
+            """Gradient summed over the given chunks (in order), and their losses and metrics."""
+            total: Params | None = None
+            done: dict[int, tuple[Tensor, Metrics]] = {}
+            for index in indices:
+                result = (self._compiled_gradient(chunks[index], factor, mode, threaded)
+                          if not self._compile_failed else None)
+                if result is None:
+                    continue
+                grads, losses, metrics = result
+                if total is None:
+                    total = grads
+                else:
+                    for name, gradient in grads.items():
+                        total[name].add_(gradient)
+                done[index] = (losses, metrics)
+            return total, done
+
+        indices = list(range(len(chunks)))
+        if not threaded:
+            shares = [run(indices)]
+        else:
+            # The first call of a compiled function compiles it: alone, never on two threads.
+            shape_key = (mode, tuple((tuple(a.shape), a.dtype) for a in (
+                chunks[0].support_x, chunks[0].support_y, chunks[0].query_x, chunks[0].query_y)), dtype)
+            shares = []
+            if shape_key not in self._warm_compiled:
+                shares += map_interleaved(run, indices[:1], 1)
+                indices = indices[1:]
+                if not self._compile_failed:
+                    self._warm_compiled.add(shape_key)
+            shares += map_interleaved(run, indices, threads)
+        results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
+        for total, done in shares:
+            for name, gradient in (total or {}).items():
+                parameter = trainable[name]
+                if parameter.grad is None:
+                    parameter.grad = gradient
+                else:
+                    parameter.grad.add_(gradient)
+            for index, result in done.items():
+                results[index] = result
+        return results
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -371,24 +456,26 @@ class MetaLearner(nn.Module):
         Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
         is bounded by the chunk, not the meta-batch; the accumulated gradient equals that of
         ``meta_loss(batch)[0].backward()``. Under the per-task loop each task is backpropagated
-        as soon as it is computed (the same work, but only one task's graph is alive at a time).
-        Returns the mean metrics (``loss`` included).
+        as soon as it is computed (the same work, but only one task's graph is alive at a time),
+        compiled on :meth:`task_threads_for` worker threads. Returns the mean metrics (``loss``
+        included).
         """
         total = batch.num_tasks
-        sums: dict[str, float] = {}
         self._check_batch(batch)
         mode = self.batching_for(batch)
-        size = 1 if mode == "loop" else (self.chunk_size or total)
-        for chunk in iterate_chunks(batch, size):
-            result = (self._compiled_meta_backward(chunk, 1.0 / total, mode)
-                      if self._uses_compiled_meta_gradient() else None)
+        chunks = list(iterate_chunks(batch, 1 if mode == "loop" else (self.chunk_size or total)))
+        results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
+        if self._uses_compiled_meta_gradient():
+            results = self._compiled_meta_backward(chunks, 1.0 / total, mode,
+                                                   self.task_threads_for(batch))
+        sums: dict[str, float] = {}
+        for chunk, result in zip(chunks, results):
             if result is None:
                 losses, metrics = self.batched_objective(chunk)
                 (losses.sum() / total).backward()
             else:
                 losses, metrics = result
-            metrics = {"loss": losses.detach(), **metrics}
-            for k, v in metrics.items():
+            for k, v in {"loss": losses.detach(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
         return {k: v / total for k, v in sums.items()}
 
@@ -457,6 +544,24 @@ class MetaLearner(nn.Module):
             return {k: torch.stack([r[k] for r in per_task], dim=1) for k in per_task[0]}
 
     # ------------------------------------------------------------------ checks
+    def _check_task_threads(self, task_threads: int | None, compile: bool) -> None:
+        if task_threads is None:
+            return
+        if not isinstance(task_threads, int) or isinstance(task_threads, bool) or task_threads < 1:
+            raise ValueError(f"task_threads must be a positive integer or None (pick per batch), "
+                             f"got {task_threads!r}.")
+        if task_threads == 1:
+            return
+        if not compile:
+            raise ValueError(
+                f"task_threads={task_threads} spreads the compiled per-task meta-gradient over "
+                "threads; pass compile=True as well (the eager loop holds Python's GIL for most "
+                "of its time and would not run faster), or leave task_threads at None.")
+        if not self.task_threads_safe or type(self).batched_objective is not MetaLearner.batched_objective:
+            raise ValueError(
+                f"{type(self).__name__} cannot process tasks on several threads (its objective "
+                "shares state between tasks); leave task_threads at None or 1.")
+
     def _check_inner_lr(self, inner_lr: float | Mapping[str, float]) -> dict[str, float]:
         if isinstance(inner_lr, Mapping):
             missing = [n for n in self.adapted_names if n not in inner_lr]
@@ -494,13 +599,23 @@ class MetaLearner(nn.Module):
         self._checked_shapes.add(key)
 
 
-def _compile(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+def _compile(fn: Callable[..., Any], device: torch.device, worker_threads: bool = False
+             ) -> Callable[..., Any]:
     """``torch.compile`` for one input shape; on the CPU without Inductor's channels-last layout
     choice for convolutions, which makes the small-batch convolution backward passes of the inner
-    loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md)."""
-    if device.type == "cpu":
-        return torch.compile(fn, dynamic=False, options={"layout_optimization": False})
-    return torch.compile(fn, dynamic=False)
+    loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md).
+
+    ``worker_threads``: for calls on several threads at once (:mod:`mamlkit.core.task_threads`):
+    single-threaded kernels, and the graph run from C++ (``cpp_wrapper``) rather than from a
+    Python function that would hold the GIL between kernels (W3 on two workers: 170 instead of
+    270 ms per meta-iteration).
+    """
+    if device.type != "cpu":
+        return torch.compile(fn, dynamic=False)
+    options: dict[str, Any] = {"layout_optimization": False}
+    if worker_threads:
+        options.update({"cpp_wrapper": True, "cpp.threads": 1})
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 def _functorch_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
@@ -530,6 +645,12 @@ def _autograd_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
 def _check_steps(name: str, steps: int) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {steps!r}.")
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether any submodule has forward or backward hooks registered."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in module.modules())
 
 
 def _requires_grad(params: Params) -> bool:
