@@ -86,6 +86,9 @@ class TrainConfig:
     MLP, minutes for a CNN on a small CPU; about 3x faster per iteration on the sinusoid MLP)."""
     threads: int = 0
     """Torch intra-op threads (0 = torch's default)."""
+    task_threads: int = 0
+    """Worker threads over which the compiled per-task loop spreads a meta-batch's tasks on the
+    CPU (0 = auto: torch's thread count where the model allows it; 1 = off). Needs compile."""
     on_nonfinite: str = "stop"
     """On a non-finite loss or gradient: stop (keep the last good checkpoint) or skip the step."""
     plots: bool = True
@@ -125,7 +128,7 @@ class TrainConfig:
         for key in ("inner_lr", "meta_lr"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
-        for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads",
+        for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads", "task_threads",
                     "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
@@ -146,6 +149,10 @@ class TrainConfig:
         if self.max_per_class < 0:
             raise ValueError(f"max_per_class must be >= 0 (0 = all examples), got "
                              f"{self.max_per_class}.")
+        if self.task_threads > 1 and not self.compile:
+            raise ValueError(f"task_threads = {self.task_threads} spreads the compiled meta-gradient "
+                             "over threads: set compile = true as well (--compile), or "
+                             "task_threads = 0.")
         if not self.eval_shots or any(k < 1 for k in self.eval_shots):
             raise ValueError(f"eval_shots must be a non-empty list of sizes >= 1, "
                              f"got {self.eval_shots}.")

@@ -111,7 +111,7 @@ def build_learner(config: TrainConfig, model: nn.Module, loss: str, **overrides:
         "first_order": config.first_order or config.algo == "fomaml", "loss": loss,
         "batching": config.batching,
         "chunk_size": config.chunk_size or None, "eval_inner_steps": config.eval_inner_steps,
-        "compile": config.compile,
+        "compile": config.compile, "task_threads": config.task_threads or None,
     }
     kwargs.update(overrides)
     return make_algorithm(config.algo, model, **kwargs)
