@@ -175,6 +175,9 @@ def test_auto_task_threads_only_for_the_compiled_cpu_loop_of_a_safe_model(two_th
     hooked = _cnn()
     hooked[0].register_forward_hook(lambda module, args, out: None)
     assert MAML(hooked, compile=True, **kwargs).task_threads_for(batch) == 1
+    with_norm = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 3))
+    assert MAML(with_norm, compile=True, **kwargs).task_threads_for(batch) == 2  # batch statistics
+    assert MAML(with_norm, compile=True, batchnorm="module", **kwargs).task_threads_for(batch) == 1
     assert ANIL(_cnn(), compile=True, **kwargs).task_threads_for(batch) == 1
     assert MAMLPlusPlus(_cnn(), compile=True, **kwargs).task_threads_for(batch) == 1
     assert MAML(_cnn(), compile=True, task_threads=8, **kwargs).task_threads_for(batch) == 4

@@ -336,15 +336,17 @@ class MetaLearner(nn.Module):
         only 1.0-1.5x faster on two cores); whole tasks per core make it 1.9x faster
         (docs/performance.md). With ``task_threads=None`` the learner uses
         ``torch.get_num_threads()`` workers, unless the model draws random numbers (dropout: the
-        draws would depend on the threads' timing) or carries hooks (state that threads would
-        share); an explicit count applies as given. Either is capped at the number of tasks.
+        draws would depend on the threads' timing), carries hooks, or has normalisation layers
+        under the ``module`` policy (running statistics): state that threads would share. An
+        explicit count applies as given. Either is capped at the number of tasks.
         """
         if (self.batching_for(batch) != "loop" or batch.query_y.device.type != "cpu"
                 or not self._uses_compiled_meta_gradient() or not self.task_threads_safe):
             return 1
         if self.task_threads is not None:
             return max(1, min(self.task_threads, batch.num_tasks))
-        if self._draws_random or _has_hooks(self.model):
+        module_norms = self._norm_mode is not None and self.batchnorm == "module"
+        if self._draws_random or module_norms or _has_hooks(self.model):
             return 1
         return max(1, min(torch.get_num_threads(), batch.num_tasks))
 
