@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+import torch._dynamo
 from torch import nn
 
 from mamlkit import MAML, TaskBatch, make_algorithm
@@ -80,8 +81,6 @@ def _gradients(learner, batches):
 
 def _aot_eager_compile(monkeypatch) -> list[dict]:
     """torch.compile with the aot_eager backend (no C++ compilation); records the options."""
-    import torch._dynamo
-
     torch._dynamo.reset()
     real, seen = torch.compile, []
 
@@ -193,3 +192,32 @@ def test_task_threads_argument_errors_name_the_fix():
         with pytest.raises(ValueError, match="cannot process tasks on several threads"):
             algorithm(_mlp(), compile=True, task_threads=2)
     assert MAML(_mlp(), task_threads=1).task_threads == 1  # one thread needs no compiler
+
+
+class _GraphBreak(nn.Module):
+    """An MLP whose forward Dynamo cannot trace as one graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x):
+        torch._dynamo.graph_break()
+        return self.net(x)
+
+
+def test_a_model_that_does_not_compile_whole_keeps_its_tasks_on_one_thread(monkeypatch):
+    """Python run between graphs would share the module between threads: the threads' variant
+    compiles with fullgraph, and a graph break sends every task back to the calling thread
+    (still compiled), with the single-thread gradient."""
+    batch = _regression_batch()
+    expected, _ = _gradients(MAML(_GraphBreak(), inner_lr=0.1, batching="loop"), [batch])
+    _aot_eager_compile(monkeypatch)
+    learner = MAML(_GraphBreak(), inner_lr=0.1, batching="loop", compile=True, task_threads=2)
+    assert learner.task_threads_for(batch) == 2
+    with pytest.warns(RuntimeWarning, match="cannot be compiled as one graph for worker threads"):
+        got, _ = _gradients(learner, [batch, batch])
+    assert learner.task_threads_for(batch) == 1 and not learner._compile_failed
+    assert set(learner._compiled_meta_gradients) == {("loop", True), ("loop", False)}
+    for value, want in zip(got, expected):
+        torch.testing.assert_close(value, 2 * want, rtol=1e-10, atol=1e-12)

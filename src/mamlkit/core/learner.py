@@ -120,6 +120,7 @@ class MetaLearner(nn.Module):
         self._draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
         self.task_threads = task_threads
         self._warm_compiled: set[tuple] = set()
+        self._threads_failed = False
         self._vmap_failed = False
         self._checked_shapes: set[tuple] = set()
         self.use_compile = bool(compile)
@@ -333,15 +334,18 @@ class MetaLearner(nn.Module):
         it spends its time in kernels that release Python's GIL, while the eager loop holds the
         GIL for most of its autograd and Python work. One task's small kernels keep one core
         busy but split poorly over two (PyTorch's own intra-op threads make a few-shot CNN step
-        only 1.0-1.5x faster on two cores); whole tasks per core make it 1.9x faster
-        (docs/performance.md). With ``task_threads=None`` the learner uses
+        1.0-1.9x faster on two cores); whole tasks per core make it 1.9-2.2x faster
+        (docs/performance.md). The threads' graph must compile whole (``fullgraph``: Python run
+        between graphs would share the module between threads); if it does not, the learner
+        warns and keeps the tasks on one thread. With ``task_threads=None`` the learner uses
         ``torch.get_num_threads()`` workers, unless the model draws random numbers (dropout: the
         draws would depend on the threads' timing), carries hooks, or has normalisation layers
         under the ``module`` policy (running statistics): state that threads would share. An
         explicit count applies as given. Either is capped at the number of tasks.
         """
         if (self.batching_for(batch) != "loop" or batch.query_y.device.type != "cpu"
-                or not self._uses_compiled_meta_gradient() or not self.task_threads_safe):
+                or not self._uses_compiled_meta_gradient() or not self.task_threads_safe
+                or self._threads_failed):
             return 1
         if self.task_threads is not None:
             return max(1, min(self.task_threads, batch.num_tasks))
@@ -356,7 +360,7 @@ class MetaLearner(nn.Module):
         trainable parameter, from one compiled call of ``torch.func.grad`` (see ``compile`` in
         the class docstring), and the chunk's losses and metrics; under ``loop`` the chunk is
         one task. ``threaded`` selects the variant compiled for worker threads. None, after a
-        warning, if compilation failed."""
+        warning, if compilation failed (for that variant only, if ``threaded``)."""
         batched = mode == "vmap"
         key = (mode, threaded)
         if key not in self._compiled_meta_gradients:
@@ -376,7 +380,14 @@ class MetaLearner(nn.Module):
             grads, (_, (losses, metrics)) = self._compiled_meta_gradients[key](
                 trainable, factor, *args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
-            self._warn_compile_failure(error)
+            if threaded:
+                warnings.warn(
+                    f"The meta-gradient cannot be compiled as one graph for worker threads "
+                    f"({type(error).__name__}: {error}); running its tasks on one thread. Pass "
+                    "task_threads=1 to skip the attempt.", RuntimeWarning, stacklevel=2)
+                self._threads_failed = True
+            else:
+                self._warn_compile_failure(error)
             return None
         return grads, losses, metrics
 
@@ -416,14 +427,16 @@ class MetaLearner(nn.Module):
             shares = [run(indices)]
         else:
             # The first call of a compiled function compiles it: alone, never on two threads.
-            shape_key = (mode, tuple((tuple(a.shape), a.dtype) for a in (
-                chunks[0].support_x, chunks[0].support_y, chunks[0].query_x, chunks[0].query_y)), dtype)
+            first = chunks[0]
+            shape_key = (mode, dtype, *((tuple(a.shape), a.dtype) for a in (
+                first.support_x, first.support_y, first.query_x, first.query_y)))
             shares = []
             if shape_key not in self._warm_compiled:
                 shares += map_interleaved(run, indices[:1], 1)
+                if self._threads_failed:  # nothing was accumulated: all tasks on one thread
+                    return self._compiled_meta_backward(chunks, scale, mode, 1)
                 indices = indices[1:]
-                if not self._compile_failed:
-                    self._warm_compiled.add(shape_key)
+                self._warm_compiled.add(shape_key)
             shares += map_interleaved(run, indices, threads)
         results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
         for total, done in shares:
@@ -608,16 +621,17 @@ def _compile(fn: Callable[..., Any], device: torch.device, worker_threads: bool 
     loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md).
 
     ``worker_threads``: for calls on several threads at once (:mod:`mamlkit.core.task_threads`):
-    single-threaded kernels, and the graph run from C++ (``cpp_wrapper``) rather than from a
-    Python function that would hold the GIL between kernels (W3 on two workers: 170 instead of
-    270 ms per meta-iteration).
+    one graph or an error (no Python between graphs, which would share the module between
+    threads), single-threaded kernels, and the graph run from C++ (``cpp_wrapper``) rather than
+    from a Python function that would hold the GIL between kernels (W3 on two workers: 170
+    instead of 270 ms per meta-iteration).
     """
     if device.type != "cpu":
         return torch.compile(fn, dynamic=False)
-    options: dict[str, Any] = {"layout_optimization": False}
-    if worker_threads:
-        options.update({"cpp_wrapper": True, "cpp.threads": 1})
-    return torch.compile(fn, dynamic=False, options=options)
+    if not worker_threads:
+        return torch.compile(fn, dynamic=False, options={"layout_optimization": False})
+    return torch.compile(fn, dynamic=False, fullgraph=True, options={
+        "layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1})
 
 
 def _functorch_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
