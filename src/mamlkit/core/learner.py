@@ -334,7 +334,7 @@ class MetaLearner(nn.Module):
         it spends its time in kernels that release Python's GIL, while the eager loop holds the
         GIL for most of its autograd and Python work. One task's small kernels keep one core
         busy but split poorly over two (PyTorch's own intra-op threads make a few-shot CNN step
-        1.0-1.9x faster on two cores); whole tasks per core make it 1.9-2.2x faster
+        1.0-1.6x faster on two cores); whole tasks per core make it 1.9-2.2x faster
         (docs/performance.md). The threads' graph must compile whole (``fullgraph``: Python run
         between graphs would share the module between threads); if it does not, the learner
         warns and keeps the tasks on one thread. With ``task_threads=None`` the learner uses

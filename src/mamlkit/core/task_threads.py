@@ -2,7 +2,8 @@
 
 The tasks of a meta-batch are independent until their gradients are summed. On a CPU the per-task
 work of a few-shot CNN is made of small kernels (5-image convolutions) that PyTorch's intra-op
-threads split poorly: two threads make a per-task loop only 1.0-1.5x faster. Giving each core its
+threads split poorly: on two cores they make an eager per-task loop 1.3-1.6x faster and a
+compiled one 1.0-1.2x (docs/performance.md). Giving each core its
 own tasks instead (one intra-op thread per worker, tasks ``k, k + n, ...`` on worker ``k``) keeps
 every core busy on kernels of the same size. Python's GIL limits this to code that spends its time
 in kernels that release it, such as a ``torch.compile``d meta-gradient (see
