@@ -107,10 +107,7 @@ def check_worker(conn: Connection, impl: str, workload_fields: dict, device: str
         if learner is not None:
             import mamlkit
 
-            task_batch = mamlkit.TaskBatch(*batch)
-            note += f"; batching={learner.batching_for(task_batch)}"
-            if learner.task_threads_for(task_batch) > 1:
-                note += f" on {learner.task_threads_for(task_batch)} task threads"
+            note += f"; {learner.execution_summary(mamlkit.TaskBatch(*batch))}"
         model.zero_grad(set_to_none=True)
         meta_gradient(batch)
         # numpy arrays: plain pickles that outlive this process (tensors would be shared by fd)

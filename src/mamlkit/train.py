@@ -387,6 +387,9 @@ def meta_train(
                 batch = move_batch(tasks.sample(local_tasks), device)
                 if iteration == start + 1:
                     preflight(learner, batch)
+                    if progress and context.is_main:
+                        bar.write(f"meta-batch of {batch.num_tasks} tasks: "
+                                  f"{learner.execution_summary(batch)}")
                 optimizer.zero_grad(set_to_none=True)
                 with autocast():
                     metrics = learner.meta_backward(batch)

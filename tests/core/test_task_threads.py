@@ -181,6 +181,11 @@ def test_auto_task_threads_only_for_the_compiled_cpu_loop_of_a_safe_model(two_th
     assert MAMLPlusPlus(_cnn(), compile=True, **kwargs).task_threads_for(batch) == 1
     assert MAML(_cnn(), compile=True, task_threads=8, **kwargs).task_threads_for(batch) == 4
     assert MAML(_cnn(), compile=True, task_threads=1, **kwargs).task_threads_for(batch) == 1
+    summaries = [MAML(_cnn(), compile=True, **kwargs).execution_summary(batch),
+                 MAML(_cnn(), **kwargs).execution_summary(batch),
+                 MAML(_cnn(), batching="vmap", chunk_size=3, **kwargs).execution_summary(batch)]
+    assert summaries == ["batching loop, compiled, on 2 task threads", "batching loop, eager",
+                         "batching vmap in chunks of 3 tasks, eager"]
 
 
 def test_task_threads_argument_errors_name_the_fix():

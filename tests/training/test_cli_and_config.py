@@ -19,6 +19,7 @@ def test_train_then_eval_sinusoid_end_to_end(tmp_path, capsys) -> None:
     assert main(["train", "sinusoid", "--run-dir", str(run), *TINY]) == 0
     out = capsys.readouterr().out
     assert "query MSE after k gradient steps" in out and "pretrained" in out
+    assert "meta-batch of 3 tasks: batching vmap, eager" in out  # how the steps run
     results = json.loads((run / "eval" / "results.json").read_text())
     assert set(results["mse"]) == {"5", "10", "20"}
     assert len(results["mse"]["10"]["MAML"]) == 3  # 0, 1, 2 steps

@@ -354,6 +354,19 @@ class MetaLearner(nn.Module):
             return 1
         return max(1, min(torch.get_num_threads(), batch.num_tasks))
 
+    def execution_summary(self, batch: TaskBatch) -> str:
+        """How :meth:`meta_backward` runs ``batch``, in one line (printed when training starts):
+        the batching mode, compiled or eager, and the task threads."""
+        mode = self.batching_for(batch)
+        parts = [f"batching {mode}"]
+        if mode == "vmap" and self.chunk_size and self.chunk_size < batch.num_tasks:
+            parts[0] += f" in chunks of {self.chunk_size} tasks"
+        parts.append("compiled" if self.use_compile and not self._compile_failed else "eager")
+        threads = self.task_threads_for(batch)
+        if threads > 1:
+            parts.append(f"on {threads} task threads")
+        return ", ".join(parts)
+
     def _compiled_gradient(self, chunk: TaskBatch, factor: Tensor, mode: str, threaded: bool
                            ) -> tuple[Params, Tensor, Metrics] | None:
         """``factor`` times the gradient of the chunk's summed losses with respect to every
