@@ -115,7 +115,7 @@ def test_threaded_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
     assert not learner._compile_failed
     assert options == [{"layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1}]
     # the first task alone (compiling), then the others over the workers; later batches at once
-    assert shares[:2] == [([0], 1), ([1, 2, 3, 4], threads)]
+    assert shares[:2] == [([0], threads), ([1, 2, 3, 4], threads)]
     assert shares[2:] == [([0, 1, 2, 3, 4], threads), ([0, 1, 2], threads)]
     for value, want in zip(got, expected):
         torch.testing.assert_close(value, want, rtol=1e-9, atol=1e-12)

@@ -445,7 +445,7 @@ class MetaLearner(nn.Module):
                 first.support_x, first.support_y, first.query_x, first.query_y)))
             shares = []
             if shape_key not in self._warm_compiled:
-                shares += map_interleaved(run, indices[:1], 1)
+                shares += map_interleaved(run, indices[:1], threads)  # one share: one worker
                 if self._threads_failed:  # nothing was accumulated: all tasks on one thread
                     return self._compiled_meta_backward(chunks, scale, mode, 1)
                 indices = indices[1:]
