@@ -8,7 +8,16 @@ from algorithm_checks import bn_cnn, flat_grad, image_batch, regression_batch
 from torch import nn
 
 from mamlkit import TaskBatch
-from mamlkit.algorithms import ALGORITHMS, FOMAML, MAML, MAMLPlusPlus, RandomInitFineTune, make_algorithm
+from mamlkit.algorithms import (
+    ALGORITHMS,
+    FOMAML,
+    LABELS,
+    MAML,
+    MAMLPlusPlus,
+    RandomInitFineTune,
+    algorithm_label,
+    make_algorithm,
+)
 
 OPTIONS = {
     "imaml": {"cg_steps": 3},
@@ -98,6 +107,9 @@ def test_registry_names_aliases_and_errors() -> None:
     assert type(make_algorithm("maml", model)) is MAML
     with pytest.raises(ValueError, match="Known algorithms: maml, fomaml"):
         make_algorithm("mmal", model)
+    assert set(LABELS) == set(ALGORITHMS)
+    assert [algorithm_label(n) for n in ("maml", "Meta_SGD", "maml++", "imaml")] == [
+        "MAML", "Meta-SGD", "MAML++", "iMAML"]
 
 
 def test_pretrained_minimises_the_joint_loss_without_adapting() -> None:

@@ -103,3 +103,13 @@ def test_config_file_errors(tmp_path) -> None:
 def test_fomaml_by_name_trains(tmp_path) -> None:
     assert main(["train", "linear", "--algo", "fomaml", "--run-dir", str(tmp_path / "r"),
                  "--no-eval", *TINY]) == 0
+
+
+def test_evaluation_names_the_trained_algorithm(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--algo", "metasgd", "--run-dir", str(run), *TINY,
+                 "--eval-shots", "5", "--no-plots"]) == 0
+    table = capsys.readouterr().out
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert set(results["mse"]["5"]) == {"Meta-SGD", "pretrained"}
+    assert "  5 Meta-SGD " in table and " MAML " not in table

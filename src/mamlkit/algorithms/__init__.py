@@ -39,6 +39,18 @@ def canonical_name(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "").replace("++", "pp")
 
 
+LABELS: dict[str, str] = {
+    "maml": "MAML", "fomaml": "FOMAML", "metasgd": "Meta-SGD", "anil": "ANIL", "reptile": "Reptile",
+    "mamlpp": "MAML++", "imaml": "iMAML", "pretrained": "pretrained", "randominit": "random init",
+}
+"""Algorithm name -> how evaluation tables, results files and plots name it."""
+
+
+def algorithm_label(name: str) -> str:
+    """The label of the algorithm called ``name`` (any spelling :func:`make_algorithm` accepts)."""
+    return LABELS.get(canonical_name(name), name)
+
+
 def make_algorithm(name: str, model: nn.Module, **kwargs: Any) -> MetaLearner:
     """Instantiate the algorithm called ``name`` (see :data:`ALGORITHMS`) around ``model``.
 
@@ -54,6 +66,7 @@ __all__ = [
     "ALGORITHMS",
     "ANIL",
     "FOMAML",
+    "LABELS",
     "IMAML",
     "MAML",
     "MAMLPlusPlus",
@@ -61,6 +74,7 @@ __all__ = [
     "Pretrained",
     "RandomInitFineTune",
     "Reptile",
+    "algorithm_label",
     "canonical_name",
     "cosine_meta_lr",
     "make_algorithm",

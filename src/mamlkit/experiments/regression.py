@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mamlkit.algorithms import algorithm_label
 from mamlkit.checkpoint import load_checkpoint
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
@@ -92,7 +93,7 @@ def _tune_fine_tune_lr(config: TrainConfig, run_dir: Path) -> float:
 def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """The paper's protocol on held-out tasks; prints the table and saves JSON and PNG figures."""
     fine_tune_lr = _tune_fine_tune_lr(config, run_dir)
-    learners = {"MAML": _load(config, run_dir, "maml", config.inner_lr),
+    learners = {algorithm_label(config.algo): _load(config, run_dir, "maml", config.inner_lr),
                 "pretrained": _load(config, run_dir, "pretrained", fine_tune_lr)}
     steps = config.eval_inner_steps
     results: dict[str, Any] = {"fine_tune_lr_pretrained": fine_tune_lr, "steps": steps,

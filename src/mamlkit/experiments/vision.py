@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms import algorithm_label
 from mamlkit.algorithms.maml import MAML
 from mamlkit.checkpoint import load_checkpoint
 from mamlkit.config import TrainConfig
@@ -472,7 +473,7 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
         "shots": config.shots, "queries": queries, "test_episodes": config.test_tasks,
         "test_seed": TEST_SEED, "steps": steps, "inner_lr": config.inner_lr, "accuracy": {},
         "fine_tune_lr": {}, "fine_tune_val_accuracy": {}}
-    models: dict[str, MetaLearner] = {"MAML": maml}
+    models: dict[str, MetaLearner] = {algorithm_label(config.algo): maml}
     baselines = {"pretrained": run_dir, "random init": None}
     if not (run_dir / "pretrained" / "checkpoints" / "best.pt").is_file():
         baselines.pop("pretrained")
