@@ -388,7 +388,8 @@ def meta_train(
                 if iteration == start + 1:
                     preflight(learner, batch)
                     if progress and context.is_main:
-                        bar.write(f"meta-batch of {batch.num_tasks} tasks: "
+                        tasks_word = "task" if batch.num_tasks == 1 else "tasks"
+                        bar.write(f"meta-batch of {batch.num_tasks} {tasks_word}: "
                                   f"{learner.execution_summary(batch)}")
                 optimizer.zero_grad(set_to_none=True)
                 with autocast():
