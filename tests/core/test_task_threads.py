@@ -1,7 +1,7 @@
 """Tasks on worker threads: the pool's thread settings, and the same meta-gradient as one thread.
 
 ``MetaLearner(task_threads=...)`` runs the compiled per-task meta-gradient on several threads;
-every test here compares with the eager single-thread meta-gradient in float64.
+the gradient tests compare it with the eager single-thread meta-gradient in float64.
 """
 
 from __future__ import annotations
