@@ -11,6 +11,12 @@ import copy
 
 import pytest
 import torch
+from compile_checks import (
+    aot_eager_compile,
+    assert_same_gradients_and_metrics,
+    broken_compile,
+    meta_gradients,
+)
 from torch import nn
 from torch.func import functional_call
 
@@ -124,19 +130,6 @@ def test_loop_meta_backward_keeps_one_task_graph_alive(monkeypatch):
     assert sizes == [1, 1, 1, 1]
 
 
-def _aot_eager_compile(monkeypatch):
-    """torch.compile with the aot_eager backend: the same tracing, functionalisation and AOT
-    autograd of the inner loop as the default backend, without minutes of C++ compilation."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile",
-                        lambda fn, options=None, **kw: real(fn, backend="aot_eager", **kw))
-    return torch._dynamo.utils.counters
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_compiled_objective_gives_the_eager_meta_gradient_without_recompiling(monkeypatch, batching):
@@ -144,7 +137,7 @@ def test_compiled_objective_gives_the_eager_meta_gradient_without_recompiling(mo
     batch = _image_batch(tasks=2)
     eager = MAML(copy.deepcopy(model), inner_lr=0.3, loss="cross_entropy", batching=batching)
     expected = _meta_grad(eager, batch)
-    counters = _aot_eager_compile(monkeypatch)
+    counters, _ = aot_eager_compile(monkeypatch)
     learner = MAML(model, inner_lr=0.3, loss="cross_entropy", batching=batching, compile=True)
     first = _meta_grad(learner, batch)
     graphs = counters["stats"]["unique_graphs"]
@@ -177,15 +170,10 @@ def test_compile_on_the_cpu_keeps_the_layout_of_convolutions(monkeypatch):
 
 
 def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
-    def broken(fn, **kwargs):
-        def fail(*args):
-            raise RuntimeError("backend exploded")
-        return fail
-
     model = _bn_cnn()
     batch = _image_batch()
     expected = _meta_grad(MAML(copy.deepcopy(model), inner_lr=0.3, loss="cross_entropy"), batch)
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     learner = MAML(model, inner_lr=0.3, loss="cross_entropy", compile=True)
     with pytest.warns(RuntimeWarning, match="running it eagerly. Pass compile=False"):
         got = _meta_grad(learner, batch)
@@ -259,19 +247,14 @@ def test_compiled_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
     kwargs = {"inner_lr": 0.1, "inner_steps": 2, "loss": "mse", "batching": batching,
               "chunk_size": 3}  # chunks of 3 + 2 tasks; 1/5 and 1/3 are inexact in float32
 
-    def gradients(learner, batches):
-        learner.zero_grad()
-        metrics = [learner.meta_backward(b) for b in batches]
-        return [p.grad.clone() for p in learner.parameters()], metrics
-
     batches = [batch, batch, batch.slice(slice(0, 3))]
-    expected, expected_metrics = gradients(make_algorithm(name, copy.deepcopy(model), **kwargs),
-                                           batches)
-    counters = _aot_eager_compile(monkeypatch)
+    expected, expected_metrics = meta_gradients(
+        make_algorithm(name, copy.deepcopy(model), **kwargs), batches)
+    counters, _ = aot_eager_compile(monkeypatch)
     learner = make_algorithm(name, model, compile=True, **kwargs)
     learner.meta_backward(batch)
     graphs = counters["stats"]["unique_graphs"]
-    got, metrics = gradients(learner, batches)
+    got, metrics = meta_gradients(learner, batches)
     assert not learner._compile_failed
     # the torch.func.grad path is taken, except by MAML++ (its own batching: compiled objective)
     assert bool(learner._compiled_meta_gradients) == (name != "mamlpp")
@@ -281,9 +264,4 @@ def test_compiled_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
         assert graphs >= 1 and not counters["graph_break"], dict(counters["graph_break"])
         if batching == "loop":  # one task per call, so the smaller batch needs no new graph
             assert counters["stats"]["unique_graphs"] == graphs
-    for value, want in zip(got, expected):
-        torch.testing.assert_close(value, want, rtol=1e-9, atol=1e-12)
-    for values, wants in zip(metrics, expected_metrics):
-        assert values.keys() == wants.keys()
-        for key, want in wants.items():
-            assert values[key] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert_same_gradients_and_metrics(got, expected, metrics, expected_metrics)

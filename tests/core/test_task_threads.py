@@ -12,6 +12,12 @@ import threading
 import pytest
 import torch
 import torch._dynamo
+from compile_checks import (
+    aot_eager_compile,
+    assert_same_gradients_and_metrics,
+    broken_compile,
+    meta_gradients,
+)
 from torch import nn
 
 from mamlkit import MAML, TaskBatch, make_algorithm
@@ -74,25 +80,6 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
 
 
-def _gradients(learner, batches):
-    learner.zero_grad()
-    metrics = [learner.meta_backward(b) for b in batches]
-    return [p.grad.clone() for p in learner.parameters()], metrics
-
-
-def _aot_eager_compile(monkeypatch) -> list[dict]:
-    """torch.compile with the aot_eager backend (no C++ compilation); records the options."""
-    torch._dynamo.reset()
-    real, seen = torch.compile, []
-
-    def compile(fn, options=None, **kwargs):
-        seen.append(options)
-        return real(fn, backend="aot_eager", **kwargs)
-
-    monkeypatch.setattr(torch, "compile", compile)
-    return seen
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name,threads", [("maml", 2), ("maml", 3), ("fomaml", 2), ("metasgd", 2),
                                           ("reptile", 2), ("imaml", 2), ("pretrained", 2)])
@@ -103,8 +90,8 @@ def test_threaded_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
     batch = _regression_batch()
     kwargs = {"inner_lr": 0.1, "inner_steps": 2, "loss": "mse", "batching": "loop"}
     batches = [batch, batch, batch.slice(slice(0, 3))]
-    expected, expected_metrics = _gradients(make_algorithm(name, _mlp(), **kwargs), batches)
-    options = _aot_eager_compile(monkeypatch)
+    expected, expected_metrics = meta_gradients(make_algorithm(name, _mlp(), **kwargs), batches)
+    _, options = aot_eager_compile(monkeypatch)
     shares = []
     real_map = learner_module.map_interleaved
     monkeypatch.setattr(learner_module, "map_interleaved",
@@ -112,18 +99,13 @@ def test_threaded_meta_gradient_of_every_algorithm_equals_the_eager_one(monkeypa
                         or real_map(fn, items, workers))
     learner = make_algorithm(name, _mlp(), compile=True, task_threads=threads, **kwargs)
     assert learner.task_threads_for(batch) == threads
-    got, metrics = _gradients(learner, batches)
+    got, metrics = meta_gradients(learner, batches)
     assert not learner._compile_failed
     assert options == [{"layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1}]
     # the first task alone (compiling), then the others over the workers; later batches at once
     assert shares[:2] == [([0], threads), ([1, 2, 3, 4], threads)]
     assert shares[2:] == [([0, 1, 2, 3, 4], threads), ([0, 1, 2], threads)]
-    for value, want in zip(got, expected):
-        torch.testing.assert_close(value, want, rtol=1e-9, atol=1e-12)
-    for values, wants in zip(metrics, expected_metrics):
-        assert values.keys() == wants.keys()
-        for key, want in wants.items():
-            assert values[key] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert_same_gradients_and_metrics(got, expected, metrics, expected_metrics)
 
 
 @pytest.mark.slow
@@ -133,27 +115,22 @@ def test_threaded_meta_gradient_with_inductor_equals_the_eager_one():
     """The real compiler (C++ kernels run from a C++ wrapper, called on two threads at once)."""
     batch = _regression_batch(tasks=6)
     kwargs = {"inner_lr": 0.1, "loss": "mse", "batching": "loop"}
-    expected, _ = _gradients(MAML(_mlp(), **kwargs), [batch])
+    expected, _ = meta_gradients(MAML(_mlp(), **kwargs), [batch])
     learner = MAML(_mlp(), compile=True, task_threads=2, **kwargs)
     for _ in range(2):  # the first call compiles on one worker, the second runs on both
-        got, _ = _gradients(learner, [batch])
+        got, _ = meta_gradients(learner, [batch])
         assert not learner._compile_failed
         for value, want in zip(got, expected):
             torch.testing.assert_close(value, want, rtol=1e-9, atol=1e-12)
 
 
 def test_threaded_compile_failure_warns_and_runs_eagerly(monkeypatch):
-    def broken(fn, **kwargs):
-        def fail(*args):
-            raise RuntimeError("backend exploded")
-        return fail
-
     batch = _regression_batch()
-    expected, _ = _gradients(MAML(_mlp(), inner_lr=0.1, batching="loop"), [batch])
-    monkeypatch.setattr(torch, "compile", broken)
+    expected, _ = meta_gradients(MAML(_mlp(), inner_lr=0.1, batching="loop"), [batch])
+    monkeypatch.setattr(torch, "compile", broken_compile)
     learner = MAML(_mlp(), inner_lr=0.1, batching="loop", compile=True, task_threads=2)
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
-        got, _ = _gradients(learner, [batch])
+        got, _ = meta_gradients(learner, [batch])
     for value, want in zip(got, expected):
         torch.testing.assert_close(value, want, rtol=1e-10, atol=1e-12)
 
@@ -219,12 +196,12 @@ def test_a_model_that_does_not_compile_whole_keeps_its_tasks_on_one_thread(monke
     compiles with fullgraph, and a graph break sends every task back to the calling thread
     (still compiled), with the single-thread gradient."""
     batch = _regression_batch()
-    expected, _ = _gradients(MAML(_GraphBreak(), inner_lr=0.1, batching="loop"), [batch])
-    _aot_eager_compile(monkeypatch)
+    expected, _ = meta_gradients(MAML(_GraphBreak(), inner_lr=0.1, batching="loop"), [batch])
+    aot_eager_compile(monkeypatch)
     learner = MAML(_GraphBreak(), inner_lr=0.1, batching="loop", compile=True, task_threads=2)
     assert learner.task_threads_for(batch) == 2
     with pytest.warns(RuntimeWarning, match="cannot be compiled as one graph for worker threads"):
-        got, _ = _gradients(learner, [batch, batch])
+        got, _ = meta_gradients(learner, [batch, batch])
     assert learner.task_threads_for(batch) == 1 and not learner._compile_failed
     assert set(learner._compiled_meta_gradients) == {("loop", True), ("loop", False)}
     for value, want in zip(got, expected):

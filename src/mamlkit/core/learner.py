@@ -324,8 +324,12 @@ class MetaLearner(nn.Module):
         """Whether :meth:`meta_backward` takes the compiled ``torch.func.grad`` path: asked for
         (``compile=True``) and the algorithm keeps the shared batching (an override of
         :meth:`batched_objective`, such as MAML++'s running statistics, needs the autograd path)."""
-        return (self.use_compile and not self._compile_failed
-                and type(self).batched_objective is MetaLearner.batched_objective)
+        return self.use_compile and not self._compile_failed and self._keeps_shared_batching()
+
+    @classmethod
+    def _keeps_shared_batching(cls) -> bool:
+        """Whether the algorithm uses the driver's :meth:`batched_objective` (MAML++ does not)."""
+        return cls.batched_objective is MetaLearner.batched_objective
 
     def task_threads_for(self, batch: TaskBatch) -> int:
         """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over.
@@ -367,13 +371,14 @@ class MetaLearner(nn.Module):
             parts.append(f"on {threads} task threads")
         return ", ".join(parts)
 
-    def _compiled_gradient(self, chunk: TaskBatch, factor: Tensor, mode: str, threaded: bool
-                           ) -> tuple[Params, Tensor, Metrics] | None:
+    def _compiled_gradient(self, chunk: TaskBatch, trainable: Params, factor: Tensor, mode: str,
+                           threaded: bool) -> tuple[Params, Tensor, Metrics] | None:
         """``factor`` times the gradient of the chunk's summed losses with respect to every
-        trainable parameter, from one compiled call of ``torch.func.grad`` (see ``compile`` in
-        the class docstring), and the chunk's losses and metrics; under ``loop`` the chunk is
-        one task. ``threaded`` selects the variant compiled for worker threads. None, after a
-        warning, if compilation failed (for that variant only, if ``threaded``)."""
+        trainable parameter (``trainable``: their detached values), from one compiled call of
+        ``torch.func.grad`` (see ``compile`` in the class docstring), and the chunk's losses and
+        metrics; under ``loop`` the chunk is one task. ``threaded`` selects the variant compiled
+        for worker threads. None, after a warning, if compilation failed (for that variant only,
+        if ``threaded``)."""
         batched = mode == "vmap"
         key = (mode, threaded)
         if key not in self._compiled_meta_gradients:
@@ -385,7 +390,6 @@ class MetaLearner(nn.Module):
 
             self._compiled_meta_gradients[key] = _compile(
                 grad_and_value(scaled_loss, has_aux=True), self._device(), worker_threads=threaded)
-        trainable = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
         if not batched:
             args = tuple(a[0] for a in args)
@@ -413,6 +417,7 @@ class MetaLearner(nn.Module):
         if self._norm_mode is not None:
             self._norm_mode.vmapped = mode == "vmap"  # read by compiled code, no stack lookup
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        detached = {n: p.detach() for n, p in trainable.items()}
         dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
         factor = torch.tensor(scale, dtype=dtype, device=chunks[0].query_y.device)  # not a constant
         threaded = threads > 1
@@ -422,7 +427,7 @@ class MetaLearner(nn.Module):
             total: Params | None = None
             done: dict[int, tuple[Tensor, Metrics]] = {}
             for index in indices:
-                result = (self._compiled_gradient(chunks[index], factor, mode, threaded)
+                result = (self._compiled_gradient(chunks[index], detached, factor, mode, threaded)
                           if not self._compile_failed else None)
                 if result is None:
                     continue
@@ -585,7 +590,7 @@ class MetaLearner(nn.Module):
                 f"task_threads={task_threads} spreads the compiled per-task meta-gradient over "
                 "threads; pass compile=True as well (the eager loop holds Python's GIL for most "
                 "of its time and would not run faster), or leave task_threads at None.")
-        if not self.task_threads_safe or type(self).batched_objective is not MetaLearner.batched_objective:
+        if not self.task_threads_safe or not self._keeps_shared_batching():
             raise ValueError(
                 f"{type(self).__name__} cannot process tasks on several threads (its objective "
                 "shares state between tasks); leave task_threads at None or 1.")
