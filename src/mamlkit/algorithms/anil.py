@@ -46,6 +46,7 @@ class ANIL(MetaLearner):
     """
 
     task_threads_safe = False  # features are captured by a hook on the shared head module
+    custom_support_loss = False  # the inner loop runs on the head's features
 
     def __init__(self, model: nn.Module, *, head: str | None = None, **kwargs: Any) -> None:
         if "adapt" in kwargs:

@@ -128,7 +128,7 @@ class IMAML(MetaLearner):
         lam = self.regularization
 
         def objective(fast_params: Params) -> tuple[Tensor, Tensor]:
-            loss = self.task_loss({**frozen, **fast_params}, support_x, support_y)[0]
+            loss = self.support_loss({**frozen, **fast_params}, support_x, support_y)
             proximal = sum(((fast_params[n] - anchor[n]) ** 2).sum() for n in anchor)
             return loss + 0.5 * lam * proximal, loss
 
@@ -178,7 +178,7 @@ class IMAML(MetaLearner):
             query_loss, argnums=(0, 1), has_aux=True)(fast, frozen)
 
         def support_grad(fast_params: Params, frozen_params: Params) -> Params:
-            return grad(lambda f: self.task_loss({**frozen_params, **f}, support_x, support_y)[0])(
+            return grad(lambda f: self.support_loss({**frozen_params, **f}, support_x, support_y))(
                 fast_params)
 
         support_gradient, hessian_vjp = vjp(lambda f: support_grad(f, frozen), fast)

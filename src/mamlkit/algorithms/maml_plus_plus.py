@@ -91,6 +91,8 @@ class MAMLPlusPlus(MetaLearner):
     per-step quantities that training never reached would be untrained.
     """
 
+    custom_support_loss = False  # per-step BatchNorm sets in its own inner-loop loss
+
     def __init__(self, model: nn.Module, *, multi_step_loss: bool = True, msl_iterations: int = 5000,
                  learn_inner_lrs: bool = True, per_step_bn_stats: bool = False,
                  per_step_bn_weights: bool | None = None, first_order_iterations: int = 0,

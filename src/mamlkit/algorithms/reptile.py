@@ -73,7 +73,7 @@ class Reptile(MetaLearner):
         fast = {n: params[n] for n in self.adapted_names}
 
         def loss_of(fast_params: Params) -> Tensor:
-            return self.task_loss({**frozen, **fast_params}, support_x, support_y)[0]
+            return self.support_loss({**frozen, **fast_params}, support_x, support_y)
 
         moments = adam_moments(fast)
         lrs = self.inner_lrs(0)

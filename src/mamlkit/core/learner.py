@@ -27,6 +27,13 @@ from torch.func import functional_call, grad_and_value, vmap
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
 from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
 from mamlkit.core.params import AdaptSelector, Params, named_buffers, named_params, select_names
+from mamlkit.core.robust_losses import CLASSIFICATION_LOSSES, PER_EXAMPLE_LOSSES, ROBUST_LOSSES
+from mamlkit.core.support_weights import (
+    SUPPORT_WEIGHTINGS,
+    PrototypeAgreement,
+    captured_input,
+    last_linear,
+)
 from mamlkit.core.task_threads import map_interleaved
 from mamlkit.core.transforms import plain_autograd_available
 from mamlkit.tasks.base import TaskBatch
@@ -69,7 +76,18 @@ class MetaLearner(nn.Module):
         task_threads: worker threads over which the compiled per-task loop spreads a batch's
             tasks on the CPU, each with one intra-op thread (see :meth:`task_threads_for`);
             ``None`` picks per batch, ``1`` keeps every task on the calling thread.
+        inner_loss: the loss of the inner loop (support set) if it differs from ``loss`` (which
+            always scores the query set): a name of ``loss`` or a robust one for noisy support
+            sets, ``"gce"``, ``"sce"`` or ``"huber"`` (:mod:`mamlkit.core.robust_losses`), or a
+            callable. ``None`` = ``loss``.
+        support_weights: ``"prototype"`` weights each support example of the inner loss by its
+            agreement with its class prototype (:mod:`mamlkit.core.support_weights`; a remedy
+            for wrong support labels, with a meta-learned temperature); ``None`` = equal weights.
     """
+
+    custom_support_loss: bool = True
+    """Whether the algorithm's inner loop takes its loss from :meth:`support_loss`, so that
+    ``inner_loss`` and ``support_weights`` apply (ANIL and MAML++ compute their own)."""
 
     task_threads_safe: bool = True
     """Whether :meth:`task_objective` may run for several tasks at once on different threads
@@ -90,6 +108,8 @@ class MetaLearner(nn.Module):
         eval_inner_steps: int | None = None,
         compile: bool = False,
         task_threads: int | None = None,
+        inner_loss: str | LossFn | None = None,
+        support_weights: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -127,6 +147,7 @@ class MetaLearner(nn.Module):
         self._compiled: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {}
         self._compile_failed = False
         self._compiled_meta_gradients: dict[str, Callable[..., Any]] = {}
+        self._configure_support_loss(inner_loss, support_weights)
 
     # ------------------------------------------------------------------ functional building blocks
     def meta_params(self) -> Params:
@@ -155,14 +176,19 @@ class MetaLearner(nn.Module):
                 f"shape {tuple(y.shape)}; for the MSE loss they must match (e.g. targets "
                 "[examples, 1] for a model with one output)."
             )
-        loss = self.loss_fn(outputs, y)
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(
-                f"The loss must return a scalar tensor per task, got {shape}. Reduce it (e.g. "
-                "with .mean()) over the task's examples."
-            )
-        return loss, outputs
+        return _scalar_loss(self.loss_fn(outputs, y)), outputs
+
+    def support_loss(self, params: Params, x: Any, y: Tensor) -> Tensor:
+        """The inner loop's loss of one task's support examples under ``params``: ``loss``, or
+        ``inner_loss`` if one was given, weighted per example if ``support_weights`` was."""
+        if self.support_weighting is None:
+            if self.inner_loss_fn is None:
+                return self.task_loss(params, x, y)[0]
+            return _scalar_loss(self.inner_loss_fn(self.functional_forward(params, x), y))
+        with captured_input(self.model.get_submodule(self.feature_module)) as captured:
+            outputs = self.functional_forward(params, x)
+        weights = self.support_weighting(captured[-1], y, outputs.shape[-1])
+        return (weights * self._per_example_inner_loss(outputs, y)).mean()
 
     def inner_lrs(self, step: int) -> Mapping[str, float | Tensor]:
         """Learning rate of each adapted parameter at inner step ``step`` (algorithm hook)."""
@@ -201,7 +227,7 @@ class MetaLearner(nn.Module):
             frozen_inner = frozen
 
         def support_loss(fast_params: Params) -> Tensor:
-            return self.task_loss({**frozen_inner, **fast_params}, support_x, support_y)[0]
+            return self.support_loss({**frozen_inner, **fast_params}, support_x, support_y)
 
         trajectory = [params]
         losses = []
@@ -354,7 +380,8 @@ class MetaLearner(nn.Module):
         if self.task_threads is not None:
             return max(1, min(self.task_threads, batch.num_tasks))
         module_norms = self._norm_mode is not None and self.batchnorm == "module"
-        if self._draws_random or module_norms or _has_hooks(self.model):
+        hooked = _has_hooks(self.model) or self.support_weighting is not None  # a per-call hook
+        if self._draws_random or module_norms or hooked:
             return 1
         return max(1, min(torch.get_num_threads(), batch.num_tasks))
 
@@ -577,6 +604,34 @@ class MetaLearner(nn.Module):
             return {k: torch.stack([r[k] for r in per_task], dim=1) for k in per_task[0]}
 
     # ------------------------------------------------------------------ checks
+    def _configure_support_loss(self, inner_loss: str | LossFn | None,
+                                support_weights: str | None) -> None:
+        """Check and set ``inner_loss`` and ``support_weights`` (see the class docstring)."""
+        self.inner_loss_name = None if inner_loss is None else (
+            inner_loss if isinstance(inner_loss, str) else getattr(inner_loss, "__name__", "custom"))
+        if isinstance(inner_loss, str) and inner_loss in ROBUST_LOSSES:
+            self.inner_loss_fn = ROBUST_LOSSES[inner_loss]
+        else:
+            self.inner_loss_fn = None if inner_loss is None else resolve_loss(inner_loss)
+        self.support_weighting: PrototypeAgreement | None = None
+        if (inner_loss is not None or support_weights is not None) and not self.custom_support_loss:
+            raise ValueError(f"{type(self).__name__} computes its own inner-loop loss: inner_loss and "
+                             "support_weights apply to MAML, FOMAML, Meta-SGD, Reptile and iMAML.")
+        if support_weights is None:
+            return
+        if support_weights not in SUPPORT_WEIGHTINGS:
+            raise ValueError(f"Unknown support_weights {support_weights!r}; choose one of "
+                             f"{', '.join(SUPPORT_WEIGHTINGS)} or None.")
+        name = self.inner_loss_name or self.loss_name
+        if name not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"support_weights={support_weights!r} weights support examples by class "
+                             f"agreement, which needs a classification loss "
+                             f"({', '.join(CLASSIFICATION_LOSSES)} by name), not {name!r}.")
+        self._per_example_inner_loss = PER_EXAMPLE_LOSSES[name]
+        self.feature_module = last_linear(self.model)
+        reference = next(self.model.parameters())
+        self.support_weighting = PrototypeAgreement().to(reference.dtype)
+
     def _check_task_threads(self, task_threads: int | None, compile: bool) -> None:
         if task_threads is None:
             return
@@ -674,6 +729,17 @@ def _autograd_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
         grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph,
                                     allow_unused=True, materialize_grads=True)
     return dict(zip(inputs, grads)), (loss if create_graph else loss.detach())
+
+
+def _scalar_loss(loss: Any) -> Tensor:
+    """``loss`` if it is a scalar tensor, else ``ValueError`` with the fix."""
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(
+            f"The loss must return a scalar tensor per task, got {shape}. Reduce it (e.g. "
+            "with .mean()) over the task's examples."
+        )
+    return loss
 
 
 def _check_steps(name: str, steps: int) -> None:
