@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamlkit.core.learner import MetaLearner
+from mamlkit.core.losses import accuracy
 from mamlkit.core.support_weights import captured_input, last_linear
 from mamlkit.evaluate import Estimate, mean_ci
 from mamlkit.noise import SupportNoise, corrupt_support, same_episode_seed
@@ -35,10 +36,19 @@ Method = Callable[[TaskBatch], Tensor]
 def adapted_score(learner: MetaLearner, steps: int, metric: str | None = None) -> Method:
     """Query ``metric`` (accuracy for classification, else loss) of ``learner`` after ``steps``
     adaptation steps on each episode's support set."""
-    key = metric or ("query_accuracy" if learner.classification else "query_loss")
+    if metric not in (None, "query_accuracy", "query_loss"):
+        raise ValueError(f"metric must be query_accuracy or query_loss, got {metric!r}.")
+    use_accuracy = metric == "query_accuracy" or (metric is None and learner.classification)
 
     def score(batch: TaskBatch) -> Tensor:
-        return learner.adaptation_curve(batch, steps)[key][-1]
+        results = []
+        for i in range(batch.num_tasks):  # only the final step is scored
+            params = learner.adapt(batch.support_x[i], batch.support_y[i], steps)
+            with torch.no_grad():
+                outputs = learner.predict(params, batch.query_x[i])
+                results.append(accuracy(outputs, batch.query_y[i]) if use_accuracy
+                               else learner.loss_fn(outputs, batch.query_y[i]))
+        return torch.stack(results)
 
     return score
 
@@ -79,25 +89,28 @@ class NoiseResult:
 
     scores: dict[str, dict[SupportNoise, Tensor]]
     clean: SupportNoise
+    higher_is_better: bool = True
 
     def estimate(self, method: str, noise: SupportNoise) -> Estimate:
         """Mean ± 95% CI of ``method``'s score under ``noise``."""
         return mean_ci(self.scores[method][noise])
 
     def drop(self, method: str, noise: SupportNoise) -> Estimate:
-        """Paired drop from the clean episodes, clean minus noisy (positive = worse for
-        accuracy; for a loss, negative means the loss grew)."""
-        return mean_ci(self.scores[method][self.clean] - self.scores[method][noise])
+        """Paired degradation from the clean episodes (positive = worse): clean minus noisy for
+        an accuracy, noisy minus clean for a loss."""
+        change = self.scores[method][self.clean] - self.scores[method][noise]
+        return mean_ci(change if self.higher_is_better else -change)
 
 
 def evaluate_under_noise(methods: Mapping[str, Method], episodes: Iterable[TaskBatch],
                          noises: Sequence[SupportNoise], seed: int = 0,
-                         ways: int | None = None) -> NoiseResult:
+                         ways: int | None = None, higher_is_better: bool = True) -> NoiseResult:
     """Score every method on every batch of ``episodes`` under every noise setting.
 
     The clean setting (rate 0, the kind of the first noise) is always included. Each batch is
     corrupted once per setting (seed :func:`mamlkit.noise.same_episode_seed`) and the same
-    corrupted batch goes to every method.
+    corrupted batch goes to every method. ``higher_is_better``: the scores are accuracies (True)
+    or losses (False), which sets the sign of :meth:`NoiseResult.drop`.
     """
     if not noises:
         raise ValueError("Give at least one noise setting, e.g. SupportNoise(0.2, 'symmetric').")
@@ -111,7 +124,7 @@ def evaluate_under_noise(methods: Mapping[str, Method], episodes: Iterable[TaskB
             for name, method in methods.items():
                 parts[name][noise].append(method(noisy).detach().cpu())
     scores = {name: {n: torch.cat(v) for n, v in per.items()} for name, per in parts.items()}
-    return NoiseResult(scores, clean)
+    return NoiseResult(scores, clean, higher_is_better)
 
 
 def noise_table(result: NoiseResult, percent: bool = True, title: str = "") -> str:
@@ -123,7 +136,8 @@ def noise_table(result: NoiseResult, percent: bool = True, title: str = "") -> s
         noisy = sorted({n for n in next(iter(result.scores.values())) if n.kind == kind
                         and n.rate > 0}, key=lambda n: n.rate)
         header = (["method", "noise"] + ["p = 0"] + [f"p = {n.rate:g}" for n in noisy]
-                  + [f"drop at {n.rate:g}" for n in noisy])
+                  + [f"{'drop' if result.higher_is_better else 'increase'} at {n.rate:g}"
+                     for n in noisy])
         if not rows:
             rows += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         scale = 100.0 if percent else 1.0
@@ -131,9 +145,13 @@ def noise_table(result: NoiseResult, percent: bool = True, title: str = "") -> s
             cells = [method, kind]
             for noise in [result.clean, *noisy]:
                 e = result.estimate(method, noise)
-                cells.append(f"{scale * e.mean:.2f} ± {scale * e.ci95:.2f}")
+                cells.append(_cell(e, scale, percent))
             for noise in noisy:
-                e = result.drop(method, noise)
-                cells.append(f"{scale * e.mean:.2f} ± {scale * e.ci95:.2f}")
+                cells.append(_cell(result.drop(method, noise), scale, percent))
             rows.append("| " + " | ".join(cells) + " |")
     return (title + "\n\n" if title else "") + "\n".join(rows)
+
+
+def _cell(estimate: Estimate, scale: float, percent: bool) -> str:
+    digits = 2 if percent else 3
+    return f"{scale * estimate.mean:.{digits}f} ± {scale * estimate.ci95:.{digits}f}"

@@ -149,3 +149,24 @@ def test_noise_aware_sampler_resumes_exactly_and_keeps_queries_clean():
     clean = episodes(tasks=3, seed=1)
     assert torch.equal(first[0].query_y, clean.query_y)
     assert (first[0].support_y != clean.support_y).float().mean() == pytest.approx(0.4)
+
+
+def test_reported_methods_score_adapted_learners_and_prototypes_on_the_network_features():
+    import mamlkit
+    from mamlkit.noise_protocol import adapted_score, prototype_score
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 5))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4))
+        model[0].bias.zero_()
+    learner = mamlkit.MAML(model, inner_lr=0.3, loss="cross_entropy")
+    centers = 10 * torch.eye(5, 4)
+    y = torch.arange(5).repeat_interleave(3)
+    batch = TaskBatch((centers[y] + 0.1 * torch.randn(15, 4)).unsqueeze(0), y.unsqueeze(0),
+                      (centers[y] + 0.1 * torch.randn(15, 4)).unsqueeze(0), y.unsqueeze(0))
+    assert prototype_score(learner, 5)(batch).tolist() == [1.0]  # features = inputs here
+    flipped = TaskBatch(batch.support_x, (batch.support_y + 1) % 5, batch.query_x, batch.query_y)
+    assert prototype_score(learner, 5)(flipped).tolist() == [0.0]
+    expected = learner.adaptation_curve(batch, 4)["query_accuracy"][-1]
+    assert torch.equal(adapted_score(learner, 4)(batch), expected)
