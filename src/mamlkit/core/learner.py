@@ -16,6 +16,7 @@ Everything works on parameter dicts, so the user's module is never cloned or pat
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -483,7 +484,8 @@ class MetaLearner(nn.Module):
         losses, metrics = self.batched_objective(batch)
         return losses.mean(), {k: float(v.mean()) for k, v in metrics.items()}
 
-    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch, backward: Callable[[Tensor], Any] | None = None
+                      ) -> dict[str, float]:
         """Accumulate the meta-gradient of the batch's mean loss into ``.grad``.
 
         Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
@@ -492,20 +494,44 @@ class MetaLearner(nn.Module):
         as soon as it is computed (the same work, but only one task's graph is alive at a time),
         compiled on :meth:`task_threads_for` worker threads. Returns the mean metrics (``loss``
         included).
+
+        ``backward``: called with each chunk's share of the loss instead of ``Tensor.backward``,
+        so a training framework does the backward pass (``self.manual_backward`` in Lightning,
+        ``accelerator.backward`` in Accelerate: loss scaling, DDP's gradient reduction); the
+        autograd path is then taken even when compiled (the objective itself stays compiled).
+        Inside a ``DistributedDataParallel`` forward (a Lightning ``training_step`` under DDP)
+        every chunk but the last runs under ``no_sync``, so DDP reduces the summed gradient
+        once; there a plain backward would bypass DDP's reducer and the processes would
+        diverge, so ``backward`` is required. Outside one (``mamlkit.train``, the Accelerate
+        recipe) the caller reduces ``.grad`` across processes itself.
         """
         total = batch.num_tasks
         self._check_batch(batch)
         mode = self.batching_for(batch)
         chunks = list(iterate_chunks(batch, 1 if mode == "loop" else (self.chunk_size or total)))
+        ddp = _active_ddp_module()
+        if ddp is not None and backward is None:
+            raise RuntimeError(
+                "meta_backward runs inside a DistributedDataParallel forward (e.g. a Lightning "
+                "training_step under DDP), where a plain backward pass bypasses DDP's gradient "
+                "reduction and the processes would silently diverge. Pass the framework's "
+                "backward (meta_backward(batch, backward=self.manual_backward)), or return "
+                "meta_loss(batch)[0] from the step instead.")
         results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
-        if self._uses_compiled_meta_gradient():
+        if self._uses_compiled_meta_gradient() and backward is None:
             results = self._compiled_meta_backward(chunks, 1.0 / total, mode,
                                                    self.task_threads_for(batch))
         sums: dict[str, float] = {}
-        for chunk, result in zip(chunks, results):
+        for index, (chunk, result) in enumerate(zip(chunks, results)):
             if result is None:
                 losses, metrics = self.batched_objective(chunk)
-                (losses.sum() / total).backward()
+                share = losses.sum() / total
+                if backward is None:
+                    share.backward()
+                else:  # DDP reduces once, on the last chunk (no_sync accumulates before it)
+                    last = index == len(chunks) - 1
+                    with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
+                        backward(share)
             else:
                 losses, metrics = result
             for k, v in {"loss": losses.detach(), **metrics}.items():
@@ -685,6 +711,13 @@ def _has_hooks(module: nn.Module) -> bool:
     """Whether any submodule has forward or backward hooks registered."""
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                or m._backward_pre_hooks for m in module.modules())
+
+
+def _active_ddp_module() -> nn.Module | None:
+    """The ``DistributedDataParallel`` module whose forward is running, if any (DDP records it)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return getattr(DistributedDataParallel, "_active_ddp_module", None)
 
 
 def _requires_grad(params: Params) -> bool:
