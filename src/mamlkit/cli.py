@@ -8,7 +8,10 @@ values are layered: built-in defaults < the experiment's literature defaults < `
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
+import textwrap
 import time
 import typing
 from pathlib import Path
@@ -87,7 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(evaluate, skip=("task",))
 
     sub.add_parser("list", help="list task families and algorithms")
+    _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub: Any) -> None:
+    from mamlkit.export import FORMATS
+
+    export = sub.add_parser(
+        "export", help="write a run's meta-learned initialisation as safetensors or a Hugging "
+                       "Face folder",
+        description="Export the model's meta-learned initialisation (its own parameter names, "
+                    "no optimizer or algorithm state) from a run's best checkpoint.")
+    export.add_argument("run_dir", type=Path, help="folder of a training run")
+    export.add_argument("--format", choices=FORMATS, default="safetensors", dest="fmt",
+                        help="safetensors: one model.safetensors file; hf: save_pretrained "
+                             "folder of a transformers model (needs --hf-config)")
+    export.add_argument("--out", type=Path,
+                        help="output file (safetensors) or folder (hf); default RUN/export/")
+    export.add_argument("--checkpoint", type=Path,
+                        help="checkpoint to export (default: the run's checkpoints/best.pt)")
+    export.add_argument("--hf-config", type=Path,
+                        help="folder with the transformers model's config.json (--format hf)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,18 +186,43 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("tasks:")
     for name in experiment_names():
-        print(f"  {name:<18} {get_experiment(name).summary}")
+        print(_listing(name, get_experiment(name).summary))
     print("algorithms:")
     for name, cls in sorted(ALGORITHMS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<18} {doc}")
+        print(_listing(name, cls.__doc__ or ""))
+    return 0
+
+
+def _listing(name: str, doc: str) -> str:
+    """One entry of ``mamlkit list``: the name and the description's first sentence, wrapped."""
+    return textwrap.fill(first_sentence(doc), width=100, initial_indent=f"  {name:<18} ",
+                         subsequent_indent=" " * 21)
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, as plain text (reST roles and
+    ``literals`` unwrapped), for one-line listings."""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    plain = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", paragraph)
+    plain = re.sub(r"``([^`]+)``|`([^`]+)`", lambda m: m.group(1) or m.group(2), plain)
+    end = re.search(r"(?<!\bet al)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)", plain)
+    return plain[:end.start() + 1] if end else plain
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``mamlkit export RUN_DIR --format safetensors|hf``."""
+    from mamlkit.export import export_run
+
+    written = export_run(args.run_dir, args.fmt, out=args.out, checkpoint=args.checkpoint,
+                         hf_config=args.hf_config)
+    print(f"exported the meta-learned initialisation to {written}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mamlkit`` command; bad input exits with status 2 and one message."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}
+    commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "export": cmd_export}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
