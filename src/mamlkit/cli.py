@@ -29,6 +29,7 @@ from mamlkit.distributed import (
 )
 from mamlkit.experiments import experiment_names, get_experiment
 from mamlkit.experiments.common import check_device, load_run_config, prepare_run_dir
+from mamlkit.tracking import log_final_evaluation
 from mamlkit.train import NonFiniteError, autocast_factory
 
 
@@ -152,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_s = time.perf_counter() - start
         say(f"meta-training finished in {train_s:.1f} s: {summary}")
         if context.is_main and not args.no_eval and not any(v.get("stopped") for v in _runs(summary)):
-            experiment.evaluate(config, run_dir)
+            results = experiment.evaluate(config, run_dir)
+            log_final_evaluation(config, run_dir, results)
         say(f"checkpoints: {run_dir / '**' / 'checkpoints'}\nmetrics: {run_dir}/**/metrics.csv\n"
             f"evaluation: {run_dir / 'eval'}\nplots: {run_dir / 'plots'}")
     finally:

@@ -52,6 +52,19 @@ class TrainConfig:
     """Outer optimizer learning rate."""
     optimizer: str = "adam"
     """Outer optimizer: adam or sgd."""
+    weight_decay: float = 0.0
+    """Weight decay of the outer optimizer (decoupled, AdamW, with adam; L2 with sgd)."""
+    lr_schedule: str = "constant"
+    """Outer learning-rate schedule: constant, cosine (to zero at the last iteration) or step."""
+    warmup_iterations: int = 0
+    """Linear warm-up of the outer learning rate over this many meta-iterations (0 = none)."""
+    lr_step_size: int = 0
+    """step schedule: multiply the learning rate by lr_gamma every this many iterations (0 = a
+    third of the run)."""
+    lr_gamma: float = 0.1
+    """step schedule: the factor applied at every step."""
+    grad_clip: float = 0.0
+    """Clip the meta-gradient to this global L2 norm before each outer step (0 = no clipping)."""
     iterations: int = 70000
     """Meta-iterations to run."""
     time_budget_minutes: float = 0.0
@@ -95,6 +108,9 @@ class TrainConfig:
     """Save PNG plots after evaluation."""
     tensorboard: bool = True
     """Also log to TensorBoard when it is installed."""
+    wandb: str = "off"
+    """Also log to Weights & Biases: off, offline (files under the run, no network; sync later
+    with `wandb sync`) or online (needs `pip install "mamlkit[wandb]"` and a login)."""
     data_root: str = ""
     """Folder with the datasets (classification and text); empty = $MAMLKIT_DATA."""
     download: bool = False
@@ -115,6 +131,8 @@ class TrainConfig:
     """Tokens kept per text (bag, cnn and last-layer encoders)."""
     max_per_class: int = 0
     """Use at most this many examples of each class, in file order (0 = all; for quick runs)."""
+    notes: str = ""
+    """Free-form notes kept with the run in config.json (what it is for, what changed)."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -136,7 +154,13 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
         if self.time_budget_minutes < 0:
             raise ValueError("time_budget_minutes must be >= 0 (0 = no limit).")
+        for key in ("weight_decay", "grad_clip", "warmup_iterations", "lr_step_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
         choices = {"optimizer": ("adam", "sgd"), "batching": ("auto", "vmap", "loop"),
+                   "lr_schedule": ("constant", "cosine", "step"), "wandb": ("off", "offline", "online"),
                    "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -51,6 +51,9 @@ from mamlkit.distributed import (
     shard_bounds,
     synchronize_step,
 )
+from mamlkit.integrations.wandb import log_row as log_wandb_row
+from mamlkit.integrations.wandb import start_run as wandb_run
+from mamlkit.schedules import lr_factor
 from mamlkit.tasks.base import TaskBatch
 
 CSV_FIELDS = ["iteration", "elapsed_s", "loss", "support_loss", "query_accuracy", "val_loss",
@@ -86,10 +89,28 @@ class TrainResult:
 
 def build_optimizer(config: TrainConfig, params: Iterator[torch.nn.Parameter]
                     ) -> torch.optim.Optimizer:
-    """The outer optimizer named by ``config.optimizer``."""
+    """The outer optimizer named by ``config.optimizer`` (AdamW when adam has weight decay)."""
     if config.optimizer == "adam":
+        if config.weight_decay:
+            return torch.optim.AdamW(params, lr=config.meta_lr, weight_decay=config.weight_decay)
         return torch.optim.Adam(params, lr=config.meta_lr)
-    return torch.optim.SGD(params, lr=config.meta_lr)
+    return torch.optim.SGD(params, lr=config.meta_lr, weight_decay=config.weight_decay)
+
+
+def apply_training_options(config: TrainConfig, optimizer: torch.optim.Optimizer,
+                           params: list[torch.nn.Parameter], iteration: int) -> dict[str, float]:
+    """Before the outer step of ``iteration``: set the scheduled learning rate
+    (:mod:`mamlkit.schedules`) and clip the meta-gradient (``grad_clip``); returns what a run
+    logs about it (``grad_norm``, the norm before clipping, when clipping)."""
+    factor = lr_factor(config.lr_schedule, iteration, config.iterations, config.warmup_iterations,
+                       config.lr_step_size, config.lr_gamma)
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+    if not config.grad_clip:
+        return {}
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                          config.grad_clip)
+    return {"grad_norm": float(norm)}
 
 
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -304,6 +325,7 @@ def meta_train(
     resume: bool = False,
     distributed: DistributedContext | None = None,
     progress: bool = True,
+    title: str = "",
 ) -> TrainResult:
     """Meta-train ``learner`` on tasks from ``tasks`` and checkpoint into ``run_dir``.
 
@@ -321,6 +343,7 @@ def meta_train(
             calls ``meta_train`` with the same arguments; ``tasks`` is re-seeded per rank on a new
             run, rank 0 logs and writes checkpoints.
         progress: show a tqdm progress bar.
+        title: the progress bar's title (default ``meta-train TASK``).
     """
     context = current_context() if distributed is None else distributed
     local_tasks = check_divisible(config.meta_batch_size, context.world_size)
@@ -371,11 +394,12 @@ def meta_train(
 
     log = _MetricsLog(run_dir, start if resume else None, config.tensorboard) \
         if context.is_main else None
+    tracker = wandb_run(config, run_dir) if context.is_main else None
     result = TrainResult(iteration=start, elapsed_s=elapsed, best_metric=best)
     stops = _StopSignals()
     budget_s = config.time_budget_minutes * 60.0
-    bar = tqdm(total=config.iterations, initial=start, disable=not (progress and context.is_main),
-               desc=f"meta-train {config.task}", dynamic_ncols=True, mininterval=1.0)
+    say = tqdm.write if progress and context.is_main else (lambda _: None)
+    bar = None  # opened after the first meta-iteration, so the lines it prints come before it
     iteration = start
     best_written = resume and best is not None and val_batch is not None
     try:
@@ -387,13 +411,22 @@ def meta_train(
                 batch = move_batch(tasks.sample(local_tasks), device)
                 if iteration == start + 1:
                     preflight(learner, batch)
-                    if progress and context.is_main:
-                        tasks_word = "task" if batch.num_tasks == 1 else "tasks"
-                        bar.write(f"meta-batch of {batch.num_tasks} {tasks_word}: "
-                                  f"{learner.execution_summary(batch)}")
+                    tasks_word = "task" if batch.num_tasks == 1 else "tasks"
+                    say(f"meta-batch of {batch.num_tasks} {tasks_word}: "
+                        f"{learner.execution_summary(batch)}")
+                    if learner.use_compile:
+                        say("compiling the meta-gradient with torch.compile (seconds for an MLP, "
+                            "minutes for a CNN on a small CPU) ...")
                 optimizer.zero_grad(set_to_none=True)
                 with autocast():
                     metrics = learner.meta_backward(batch)
+                if bar is None:
+                    if learner.use_compile:
+                        say(f"first meta-iteration done in {time.perf_counter() - tick:.1f} s "
+                            f"({learner.execution_summary(batch)})")
+                    bar = tqdm(total=config.iterations, initial=iteration - 1,
+                               disable=not (progress and context.is_main), mininterval=1.0,
+                               desc=title or f"meta-train {config.task}", dynamic_ncols=True)
                 del batch
                 synced = synchronize_step(params, metrics, bool(stops.received),
                                           bool(budget_s and elapsed >= budget_s), context)
@@ -408,6 +441,7 @@ def meta_train(
                     optimizer.zero_grad(set_to_none=True)
                     result.skipped_steps += 1
                     continue
+                metrics.update(apply_training_options(config, optimizer, params, iteration))
                 optimizer.step()
                 elapsed += time.perf_counter() - tick
                 row = {"iteration": iteration, "elapsed_s": round(elapsed, 3),
@@ -422,6 +456,8 @@ def meta_train(
                     result.history.append(row)
                 if log is not None and (iteration % LOG_EVERY == 0 or "val_loss" in row):
                     log.write(row)
+                    if tracker is not None:
+                        log_wandb_row(tracker, row)
                 bar.update(1)
                 shown = {"loss": f"{metrics['loss']:.4f}"}
                 if "query_accuracy" in metrics:
@@ -448,9 +484,12 @@ def meta_train(
             else:
                 iteration = config.iterations
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if log is not None:
             log.close()
+        if tracker is not None:
+            tracker.finish()
     result.iteration, result.elapsed_s = iteration, elapsed
     if val_batch is None:
         best = None

@@ -15,6 +15,8 @@ from torch import nn
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 
+PROVENANCE_KEY = "provenance"
+
 
 def setup_torch(config: TrainConfig) -> torch.device:
     """Seed torch, set the thread count and return the device (checked to exist)."""
@@ -68,11 +70,15 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def save_config(config: TrainConfig, run_dir: Path) -> None:
     """Write the run's configuration as ``run_dir/config.json`` (by rank 0 only in a distributed
-    run, so processes never write the same file at once)."""
+    run, so processes never write the same file at once), with its provenance (versions, git
+    commit, command line: :func:`mamlkit.provenance.provenance`) under ``provenance``."""
     from mamlkit.distributed import current_context
 
     if current_context().is_main:
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        from mamlkit.provenance import provenance
+
+        record = {**config.to_dict(), PROVENANCE_KEY: provenance()}
+        (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
@@ -93,6 +99,7 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise ValueError(f"{path} does not hold a configuration object; restore it or start a new "
                          "run in another --run-dir.")
+    saved.pop(PROVENANCE_KEY, None)  # a record of the run, not a setting
     known = {field.name for field in fields(TrainConfig)}
     unknown = sorted(set(saved) - known)
     if unknown:

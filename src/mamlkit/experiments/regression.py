@@ -25,6 +25,7 @@ from mamlkit.experiments.common import build_learner, save_config, setup_torch
 from mamlkit.models import sinusoid_mlp
 from mamlkit.tasks.regression import Linear, RegressionTasks, Sinusoid
 from mamlkit.train import meta_train
+from mamlkit.wording import count
 
 EVAL_QUERY_POINTS = 100
 """Query points per held-out task at evaluation (a dense estimate of the function error)."""
@@ -58,7 +59,9 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         learner = build_learner(cfg, sinusoid_mlp(), "mse").to(cfg.device)
         val = _tasks(cfg).fixed_tasks(cfg.val_tasks, VAL_SEED)
         start = time.perf_counter()
-        result = meta_train(learner, _tasks(cfg), cfg, sub, val_batch=val, resume=sub_resume)
+        title = f"meta-train {cfg.task}" if name == "maml" else f"pretrained baseline {cfg.task}"
+        result = meta_train(learner, _tasks(cfg), cfg, sub, val_batch=val, resume=sub_resume,
+                            title=title)
         summary[name] = {"iterations": result.iteration, "train_seconds": result.elapsed_s,
                          "wall_seconds": time.perf_counter() - start,
                          "best_val_loss": result.best_metric, "stopped": result.stopped_early}
@@ -100,7 +103,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
                                "test_tasks": config.test_tasks, "mse": {}}
     lines = [f"{config.task}: query MSE after k gradient steps, mean ± 95% CI over "
              f"{config.test_tasks} held-out tasks",
-             f"{'K':>3} {'model':<11} {'0 steps':>17} {'1 step':>17} {f'{steps} steps':>17}"]
+             f"{'K':>3} {'model':<11} {count(0, 'step'):>17} {count(min(1, steps), 'step'):>17} "
+             f"{count(steps, 'step'):>17}"]
     for shots in config.eval_shots:
         test = _tasks(config, shots, EVAL_QUERY_POINTS).fixed_tasks(config.test_tasks, TEST_SEED)
         curves = {}
@@ -115,7 +119,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
             from mamlkit.plots import plot_adaptation_curves
 
             plot_adaptation_curves(run_dir / "plots" / f"fig3_mse_vs_steps_k{shots}.png", curves,
-                                   "mean squared error", f"{config.task}, K={shots}")
+                                   "mean squared error", f"{config.task}: query MSE after k "
+                                   f"gradient steps, K={shots}")
     if config.plots:
         _figure2(config, run_dir, learners)
     table = "\n".join(lines)
@@ -129,6 +134,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _figure2(config: TrainConfig, run_dir: Path, learners: dict[str, MetaLearner]) -> None:
+    """Figure 2 of the paper: per model, the fits to three held-out tasks before adaptation and
+    after 1 and ``eval_inner_steps`` gradient steps on K support points."""
     from mamlkit.plots import plot_regression_fits
 
     shots = 10 if 10 in config.eval_shots else config.eval_shots[0]
@@ -136,18 +143,20 @@ def _figure2(config: TrainConfig, run_dir: Path, learners: dict[str, MetaLearner
     tasks = family.fixed_tasks(3, TEST_SEED + 1)
     grid = torch.linspace(*family.x_range, 200, device=config.device).view(1, -1, 1)
     truth = family.function(grid.expand(3, -1, -1), tasks.info)
-    fits = {}
+    fits: dict[str, dict[str, torch.Tensor]] = {}
     for label, learner in learners.items():
-        for steps in (1, config.eval_inner_steps):
+        curves = fits.setdefault(label, {})
+        for steps in sorted({0, 1, config.eval_inner_steps}):
             preds = []
             for t in range(3):
                 params = learner.adapt(tasks.support_x[t], tasks.support_y[t], steps=steps)
                 preds.append(learner.predict(params, grid[0]))
-            fits[f"{label}, {steps} grad step{'s' if steps > 1 else ''}"] = \
-                torch.stack(preds).squeeze(-1).cpu()
+            name = "pre-update" if steps == 0 else f"after {count(steps, 'grad step')}"
+            curves[name] = torch.stack(preds).squeeze(-1).cpu()
     plot_regression_fits(run_dir / "plots" / "fig2_regression_fits.png", grid.flatten().cpu(),
                          truth.squeeze(-1).cpu(), tasks.support_x.squeeze(-1).cpu(),
-                         tasks.support_y.squeeze(-1).cpu(), fits)
+                         tasks.support_y.squeeze(-1).cpu(), fits,
+                         title=f"{config.task}: few-shot adaptation to held-out tasks (K={shots})")
 
 
 # One intra-op thread: the sinusoid MLP is tiny, and thread synchronisation costs more than it saves.

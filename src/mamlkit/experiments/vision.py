@@ -58,6 +58,7 @@ from mamlkit.experiments import Experiment
 from mamlkit.experiments.common import build_learner, save_config, setup_torch
 from mamlkit.tasks.base import TaskBatch
 from mamlkit.train import meta_train
+from mamlkit.wording import count
 
 ROLES = ("train", "val", "test")
 """Meta-training, meta-validation and meta-test class sets."""
@@ -367,7 +368,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         batches = ClassifierBatches(data["train"], classifier_batch_size(config), seed=base.seed)
         sub = run_dir / "pretrained"
         start = time.perf_counter()
-        result = meta_train(learner, batches, base, sub,
+        result = meta_train(learner, batches, base, sub, title=f"pretrained baseline {config.task}",
                             resume=resume and (sub / "checkpoints" / "last.pt").is_file())
         summary["pretrained"] = _summary(result, time.perf_counter() - start)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -382,7 +383,8 @@ def _learning_curve(sub: Path, run_dir: Path) -> None:
     with (sub / "metrics.csv").open() as handle:
         if not any(row.get("val_accuracy") for row in csv.DictReader(handle)):
             return
-    plot_learning_curve(run_dir / "plots" / "learning_curve.png", sub / "metrics.csv")
+    plot_learning_curve(run_dir / "plots" / "learning_curve.png", sub / "metrics.csv",
+                        title=f"{sub.parent.name}: meta-training learning curve")
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -491,8 +493,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     picks = sorted({0, min(1, steps), min(5, steps), steps})
     lines = [f"{config.task} {config.ways}-way {config.shots}-shot ({class_split(config)} split): "
              f"query accuracy (%) after k steps, mean ± 95% CI over {config.test_tasks} meta-test "
-             f"episodes ({queries} queries per class, seed {TEST_SEED})",
-             f"{'model':<12} " + " ".join(f"{f'{k} steps':>15}" for k in picks)]
+             f"episodes ({count(queries, 'query')} per class, seed {TEST_SEED})",
+             f"{'model':<12} " + " ".join(f"{count(k, 'step'):>15}" for k in picks)]
     lines += [_row(label, est, picks) for label, est in curves.items()]
     lines.append("fine-tuning step size (chosen on validation): " + ", ".join(
         f"{k} {v}" for k, v in results["fine_tune_lr"].items()))
@@ -508,7 +510,7 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
         plot_adaptation_curves(run_dir / "plots" / "accuracy_vs_steps.png", curves,
                                "query accuracy", f"{config.task} {config.ways}-way "
-                               f"{config.shots}-shot")
+                               f"{config.shots}-shot: accuracy after k steps", percent=True)
         if (run_dir / "maml" / "metrics.csv").is_file():
             _learning_curve(run_dir / "maml", run_dir)
     return results
