@@ -188,6 +188,9 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+RECORD_KEYS = ("provenance",)
+"""Keys of a run's config.json that record the run rather than set it (versions, commit, command
+line; :mod:`mamlkit.provenance`): skipped when a configuration is read back."""
 
 
 def field_type(name: str) -> Any:
@@ -228,7 +231,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (ValueError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"Config file {path} is not valid {path.suffix[1:].upper()}: {error}") \
             from error
-    return {k: coerce(k, v, str(path)) for k, v in raw.items()}
+    return {k: coerce(k, v, str(path)) for k, v in raw.items() if k not in RECORD_KEYS}
 
 
 def make_config(*layers: dict[str, Any]) -> TrainConfig:
@@ -236,5 +239,6 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     for layer in layers:
         for k, v in layer.items():
-            values[k] = coerce(k, v, "the configuration")
+            if k not in RECORD_KEYS:
+                values[k] = coerce(k, v, "the configuration")
     return TrainConfig(**values).validate()

@@ -30,7 +30,7 @@ def test_backward_callable_gets_every_chunk_and_the_same_gradient() -> None:
     shares = []
     handed.meta_backward(batch, backward=lambda loss: (shares.append(float(loss.detach())), loss.backward()))
     assert len(shares) == 3  # chunks of 3, 3 and 2 tasks
-    assert sum(shares) == pytest.approx(float(losses), rel=1e-6)
+    assert sum(shares) == pytest.approx(float(losses.detach()), rel=1e-6)
     for (name, a), b in zip(plain.named_parameters(), handed.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -54,3 +54,16 @@ def test_fit_validate_and_restore_from_a_lightning_checkpoint(tmp_path) -> None:
     assert restored.hparams.meta_lr == 1e-2
     for name, p in restored.learner.named_parameters():
         assert torch.equal(p, trained[name]), name
+
+
+def test_a_ddp_wrapped_model_is_refused_with_the_fix(tmp_path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0,
+                            world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(nn.Linear(1, 1))
+        with pytest.raises(ValueError, match="Wrap the learner instead: MAML"):
+            MAML(wrapped)
+    finally:
+        dist.destroy_process_group()

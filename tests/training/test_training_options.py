@@ -95,6 +95,7 @@ def test_cli_schedule_reaches_metrics_and_provenance_reaches_config(tmp_path, mo
         warnings.simplefilter("error")  # provenance is a record, not an unknown setting
         reloaded = load_run_config(run)
     assert "provenance" not in reloaded and reloaded["notes"] == "cosine trial"
+    assert make_config(saved).notes == "cosine trial"  # the file reads back as a configuration
 
 
 def test_compile_progress_lines_come_before_the_bar(tmp_path, capsys, monkeypatch) -> None:

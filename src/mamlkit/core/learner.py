@@ -95,6 +95,12 @@ class MetaLearner(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise ValueError(
+                "The model is wrapped in DistributedDataParallel, whose reducer cannot follow the "
+                "inner loop's functional parameters. Wrap the learner instead: MAML(model), then "
+                "DDP, Lightning (mamlkit.integrations.lightning) or Accelerate around it; or run "
+                "mamlkit train under torchrun.")
         _check_steps("inner_steps", inner_steps)
         if eval_inner_steps is not None:
             _check_steps("eval_inner_steps", eval_inner_steps)

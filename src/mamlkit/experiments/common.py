@@ -12,10 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mamlkit.config import TrainConfig
+from mamlkit.config import RECORD_KEYS, TrainConfig
 from mamlkit.core.learner import MetaLearner
-
-PROVENANCE_KEY = "provenance"
 
 
 def setup_torch(config: TrainConfig) -> torch.device:
@@ -77,7 +75,7 @@ def save_config(config: TrainConfig, run_dir: Path) -> None:
     if current_context().is_main:
         from mamlkit.provenance import provenance
 
-        record = {**config.to_dict(), PROVENANCE_KEY: provenance()}
+        record = {**config.to_dict(), "provenance": provenance()}
         (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -99,9 +97,8 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise ValueError(f"{path} does not hold a configuration object; restore it or start a new "
                          "run in another --run-dir.")
-    saved.pop(PROVENANCE_KEY, None)  # a record of the run, not a setting
     known = {field.name for field in fields(TrainConfig)}
-    unknown = sorted(set(saved) - known)
+    unknown = sorted(set(saved) - known - set(RECORD_KEYS))
     if unknown:
         warnings.warn(f"{path} holds settings this version of mamlkit does not have "
                       f"({', '.join(unknown)}); they are ignored.", UserWarning, stacklevel=2)
