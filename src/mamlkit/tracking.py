@@ -47,7 +47,8 @@ def log_final_evaluation(config: TrainConfig, run_dir: Path, results: Mapping[st
                 writer.add_hparams(hparams_of(config), metrics, run_name=".")
     from mamlkit.integrations.wandb import start_run
 
-    run = start_run(config, Path(run_dir), name=f"{Path(run_dir).name}-evaluation")
+    run_dir = Path(run_dir)
+    run = start_run(config, run_dir, name="evaluation", group=run_dir.resolve().name)
     if run is not None:
         run.summary.update(metrics)
         run.finish()

@@ -129,3 +129,16 @@ def test_wandb_offline_logs_the_rows_without_a_network(tmp_path, monkeypatch) ->
     data = runs[0].read_bytes()
     for text in (b"val_loss", b"meta_lr", b"support_loss", b"offline check"):
         assert text in data, text
+
+
+def test_final_evaluation_reaches_tensorboard_hparams(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from mamlkit.tracking import flatten_numbers, log_final_evaluation
+
+    results = {"steps": 1, "mse": {"5": {"MAML": [{"mean": 2.5, "ci95": 0.5}]}}, "table": "text"}
+    assert flatten_numbers(results) == {"eval/steps": 1.0, "eval/mse/5/MAML/0/mean": 2.5,
+                                        "eval/mse/5/MAML/0/ci95": 0.5}
+    log_final_evaluation(make_config({"notes": "hp"}), tmp_path, results)
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard" / "final").rglob("*tfevents*"))
+    for text in (b"hparams", b"eval/mse/5/MAML/0/mean", b"inner_lr"):
+        assert text in events, text

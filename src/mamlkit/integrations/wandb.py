@@ -14,8 +14,9 @@ from typing import Any
 from mamlkit.config import TrainConfig
 
 
-def start_run(config: TrainConfig, run_dir: Path, name: str = "") -> Any | None:
-    """A ``wandb`` run logging into ``run_dir`` (None when ``config.wandb`` is ``off``)."""
+def start_run(config: TrainConfig, run_dir: Path, name: str = "", group: str = "") -> Any | None:
+    """A ``wandb`` run logging into ``run_dir`` (None when ``config.wandb`` is ``off``), named
+    ``name`` (default the folder's) in ``group`` (default the folder above: the whole run)."""
     if config.wandb == "off":
         return None
     try:
@@ -27,7 +28,7 @@ def start_run(config: TrainConfig, run_dir: Path, name: str = "") -> Any | None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "mamlkit"), dir=str(run_dir),
-                      name=name or run_dir.name, group=run_dir.resolve().parent.name,
+                      name=name or run_dir.name, group=group or run_dir.resolve().parent.name,
                       mode=config.wandb, config=config.to_dict(), reinit="create_new")
 
 
