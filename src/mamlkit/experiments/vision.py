@@ -358,7 +358,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
                         resume=resume and (sub / "checkpoints" / "last.pt").is_file())
     summary["maml"] = _summary(result, time.perf_counter() - start)
     if config.plots and (sub / "metrics.csv").is_file():
-        _learning_curve(sub, run_dir)
+        _learning_curve(sub, run_dir, config)
 
     if not summary["maml"]["stopped"]:
         base = baseline_config(config)
@@ -375,7 +375,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     return summary
 
 
-def _learning_curve(sub: Path, run_dir: Path) -> None:
+def _learning_curve(sub: Path, run_dir: Path, config: TrainConfig) -> None:
     import csv
 
     from mamlkit.plots import plot_learning_curve
@@ -384,7 +384,8 @@ def _learning_curve(sub: Path, run_dir: Path) -> None:
         if not any(row.get("val_accuracy") for row in csv.DictReader(handle)):
             return
     plot_learning_curve(run_dir / "plots" / "learning_curve.png", sub / "metrics.csv",
-                        title=f"{sub.parent.name}: meta-training learning curve")
+                        title=f"{config.task} {config.ways}-way {config.shots}-shot: "
+                              f"{algorithm_label(config.algo)} learning curve")
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -512,7 +513,7 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
                                "query accuracy", f"{config.task} {config.ways}-way "
                                f"{config.shots}-shot: accuracy after k steps", percent=True)
         if (run_dir / "maml" / "metrics.csv").is_file():
-            _learning_curve(run_dir / "maml", run_dir)
+            _learning_curve(run_dir / "maml", run_dir, config)
     return results
 
 
