@@ -48,6 +48,7 @@ from mamlkit.text.data import TextClassificationData
 from mamlkit.text.episodes import ClassGroups, split_class_groups
 from mamlkit.text.registry import TEXT_DATASETS, load_text_dataset
 from mamlkit.text.splits import ClassSplit, default_class_split
+from mamlkit.wording import count
 
 if TYPE_CHECKING:
     from mamlkit.datasets.episodic import EpisodeSampler, FixedEpisodes
@@ -455,7 +456,7 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     meta = accuracy_curves(learner, test, steps, config.device)
     meta_s = time.perf_counter() - start
     rows: dict[str, tuple[str, Estimate]] = {
-        "meta": (f"{config.algo} ({steps} steps)", mean_ci(meta[-1])),
+        "meta": (f"{config.algo} ({count(steps, 'step')})", mean_ci(meta[-1])),
         "meta_no_adaptation": (f"{config.algo} (no adaptation)", mean_ci(meta[0])),
     }
     fine_tune_info: dict[str, Any] = {}
@@ -464,7 +465,7 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
         rows["prototype"] = (f"prototypes on {proto_features}", mean_ci(proto))
         val = _episodes(task, config, "validation", config.val_tasks, VAL_SEED)
         fine_tune, fine_tune_info = fine_tune_accuracies(config, task, val, test)
-        rows["fine_tune"] = (f"fine-tune from random init ({fine_tune_info['steps']} steps, "
+        rows["fine_tune"] = (f"fine-tune from random init ({count(fine_tune_info['steps'], 'step')}, "
                              f"lr {fine_tune_info['lr']})", mean_ci(fine_tune))
     title = (f"{task.dataset} {config.ways}-way {config.shots}-shot, encoder {config.encoder}: "
              f"query accuracy, mean ± 95% CI over {config.test_tasks} meta-test episodes "
