@@ -20,14 +20,19 @@ nothing is reduced twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from torch import Tensor
 
 from mamlkit.core.learner import MetaLearner
 from mamlkit.distributed import current_context, synchronize_step
+from mamlkit.integrations.data import as_task_batch
 from mamlkit.tasks.base import TaskBatch
 
 
-def meta_step(accelerator: Any, learner: Any, optimizer: Any, batch: TaskBatch, *,
+def meta_step(accelerator: Any, learner: Any, optimizer: Any,
+              batch: TaskBatch | Mapping[str, Tensor], *,
               objective: str = "meta_backward", max_grad_norm: float = 0.0) -> dict[str, float]:
     """One meta-iteration on this process's tasks ``batch``; returns metrics averaged over the
     processes (``loss`` included).
@@ -36,7 +41,8 @@ def meta_step(accelerator: Any, learner: Any, optimizer: Any, batch: TaskBatch, 
         accelerator: the ``accelerate.Accelerator``.
         learner: the learner, as returned by ``accelerator.prepare`` (DDP-wrapped or not).
         optimizer: its outer optimizer (prepared or not).
-        batch: this process's share of the meta-batch.
+        batch: this process's share of the meta-batch (a TaskBatch, or a dict from a prepared
+            :class:`~mamlkit.integrations.data.TaskStream` loader).
         objective: ``"meta_backward"`` (chunked, memory-bounded) or ``"meta_loss"`` (one graph).
         max_grad_norm: clip the averaged meta-gradient to this norm (0 = no clipping).
     """
@@ -46,6 +52,7 @@ def meta_step(accelerator: Any, learner: Any, optimizer: Any, batch: TaskBatch, 
                         f"{type(inner).__name__}.")
     if objective not in ("meta_backward", "meta_loss"):
         raise ValueError(f"objective must be 'meta_backward' or 'meta_loss', got {objective!r}.")
+    batch = as_task_batch(batch)
     optimizer.zero_grad(set_to_none=True)
     with accelerator.autocast():
         if objective == "meta_loss":

@@ -5,16 +5,21 @@ processes. :class:`TaskDataset` is a map-style dataset of single tasks and :func
 stacks them into one :class:`~mamlkit.tasks.base.TaskBatch`, so ``DataLoader(TaskDataset(...),
 batch_size=meta_batch, collate_fn=collate_tasks)`` yields meta-batches that Lightning moves with
 ``TaskBatch.to`` and that ``accelerator.prepare(loader)`` shards by index (each process collates
-its own tasks; no batch size has to be found inside a ``TaskBatch``).
+its own tasks; no batch size has to be found inside a ``TaskBatch``). For one stream of tasks
+split over processes (Accelerate's dispatching loader for an ``IterableDataset``: the main process
+draws, every process gets a slice), :class:`TaskStream` yields plain dicts of tensors, which such
+a loader can measure, broadcast and slice; :func:`as_task_batch` turns them back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch import Tensor
+from torch.utils.data import Dataset, IterableDataset
 
 from mamlkit.tasks.base import TaskBatch
 
@@ -60,3 +65,33 @@ def collate_tasks(items: Sequence[TaskBatch]) -> TaskBatch:
                        and i.info[key].shape[0] == i.num_tasks for i in items)
         info[key] = torch.cat([i.info[key] for i in items]) if per_task else value
     return TaskBatch(*tensors, info=info)
+
+
+TENSOR_FIELDS = ("support_x", "support_y", "query_x", "query_y")
+
+
+class TaskStream(IterableDataset):
+    """Meta-batches of ``tasks_per_batch`` tasks drawn from ``sampler`` (anything with
+    ``sample(n) -> TaskBatch``), each as a dict of the four tensors; ``batches`` of them, or
+    endless when None. Use it with ``DataLoader(stream, batch_size=None)``."""
+
+    def __init__(self, sampler: Any, tasks_per_batch: int, batches: int | None = None) -> None:
+        if tasks_per_batch < 1:
+            raise ValueError(f"tasks_per_batch must be >= 1, got {tasks_per_batch}.")
+        self.sampler, self.tasks_per_batch, self.batches = sampler, tasks_per_batch, batches
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        counter = itertools.count() if self.batches is None else range(self.batches)
+        for _ in counter:
+            batch = self.sampler.sample(self.tasks_per_batch)
+            yield {name: getattr(batch, name) for name in TENSOR_FIELDS}
+
+
+def as_task_batch(batch: TaskBatch | Mapping[str, Tensor]) -> TaskBatch:
+    """``batch`` as a :class:`TaskBatch` (a dict from :class:`TaskStream` is converted)."""
+    if isinstance(batch, TaskBatch):
+        return batch
+    if isinstance(batch, Mapping) and all(name in batch for name in TENSOR_FIELDS):
+        return TaskBatch(*(batch[name] for name in TENSOR_FIELDS))
+    raise TypeError(f"Expected a TaskBatch or a dict with {', '.join(TENSOR_FIELDS)}, got "
+                    f"{type(batch).__name__}.")
