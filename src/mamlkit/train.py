@@ -14,10 +14,11 @@ from its own task stream, the meta-gradients are averaged with an all-reduce
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
+import re
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -28,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mamlkit.checkpoint import (
-    load_checkpoint,
+    ResumePoint,
+    find_resume_point,
     remove_stale_temporaries,
     rng_state,
     save_checkpoint,
@@ -51,11 +53,15 @@ from mamlkit.distributed import (
     shard_bounds,
     synchronize_step,
 )
+from mamlkit.faults import EXIT_NON_FINITE, EXIT_SIGNAL_BASE
+from mamlkit.metrics_log import BASE_FIELDS as CSV_FIELDS  # noqa: F401 - public name
+from mamlkit.metrics_log import MetricsLog, read_log
+from mamlkit.metrics_log import read_rows as _read_rows  # noqa: F401 - used by the tests
 from mamlkit.tasks.base import TaskBatch
 
-CSV_FIELDS = ["iteration", "elapsed_s", "loss", "support_loss", "query_accuracy", "val_loss",
-              "val_accuracy", "meta_lr"]
-LOG_EVERY = 10
+MAX_SKIPS_IN_A_ROW = 20
+"""With ``on_nonfinite='skip'``, this many non-finite meta-iterations in a row stop the run: the
+model is not going to recover by itself."""
 
 
 class TaskSampler(Protocol):
@@ -70,6 +76,10 @@ class TaskSampler(Protocol):
 
 class NonFiniteError(RuntimeError):
     """A meta-iteration produced a NaN or infinite loss or gradient."""
+
+
+class ResumeWarning(UserWarning):
+    """A resumed run did not continue from ``last.pt`` (damaged), or a stage starts over."""
 
 
 @dataclass
@@ -206,6 +216,19 @@ class _StopSignals:
         self.received = signal.Signals(signum).name
 
 
+NON_FINITE = "non-finite"
+"""How ``TrainResult.stopped_early`` begins when every meta-iteration was skipped."""
+
+
+def stop_code(stopped_early: str) -> int:
+    """The exit code a run stopped for ``stopped_early`` (``TrainResult``) ends with: 128 + N for
+    signal N, 3 when every step was non-finite, 0 otherwise (finished, or its time budget)."""
+    found = re.fullmatch(r"received (SIG[A-Z0-9]+)", stopped_early or "")
+    if found:
+        return EXIT_SIGNAL_BASE + int(signal.Signals[found.group(1)])
+    return EXIT_NON_FINITE if (stopped_early or "").startswith(NON_FINITE) else 0
+
+
 def _all_finite(loss: float, params: list[torch.nn.Parameter]) -> bool:
     if not math.isfinite(loss):
         return False
@@ -214,59 +237,6 @@ def _all_finite(loss: float, params: list[torch.nn.Parameter]) -> bool:
         return True
     norms = torch._foreach_norm(grads)
     return bool(torch.isfinite(torch.stack(norms)).all())
-
-
-class _MetricsLog:
-    """metrics.csv (rows beyond a resumed checkpoint are dropped) and optional TensorBoard."""
-
-    def __init__(self, run_dir: Path, resume_from: int | None, tensorboard: bool) -> None:
-        self.path = run_dir / "metrics.csv"
-        rows = _read_rows(self.path, resume_from) if resume_from is not None else []
-        self.handle = self.path.open("w", newline="")
-        self.writer = csv.DictWriter(self.handle, CSV_FIELDS, extrasaction="ignore")
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.handle.flush()
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.tb = None
-            else:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def write(self, row: dict[str, float]) -> None:
-        self.writer.writerow(row)
-        self.handle.flush()
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "iteration":
-                    self.tb.add_scalar(key, value, int(row["iteration"]))
-
-    def close(self) -> None:
-        self.handle.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _read_rows(path: Path, up_to: int) -> list[dict[str, str]]:
-    """Complete rows of an existing metrics.csv up to iteration ``up_to`` (a torn last line, as a
-    killed run may leave, is dropped)."""
-    if not path.exists():
-        return []
-    kept = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if None in row or any(v is None for v in row.values()):
-                continue
-            try:
-                iteration = int(row["iteration"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if iteration <= up_to:
-                kept.append(row)
-    return kept
 
 
 def _restore(state: dict[str, Any], path: Path, learner: MetaLearner,
@@ -310,17 +280,28 @@ def meta_train(
     Args:
         learner: the algorithm (its parameters are optimised in place).
         tasks: the meta-training task distribution.
-        config: iterations, optimizer, validation and checkpoint settings.
+        config: iterations, optimizer, validation, logging and checkpoint settings.
         run_dir: where ``checkpoints/``, ``metrics.csv`` and ``tensorboard/`` go.
         val_batch: fixed held-out tasks; validated every ``config.val_every`` iterations and used
-            to keep ``checkpoints/best.pt`` (lowest loss, or highest accuracy when classifying).
-        resume: continue from ``checkpoints/last.pt`` exactly where it stopped (model, optimizer,
-            task sampler and random states of every process, iteration counter, elapsed time).
+            to keep ``checkpoints/best.pt`` (lowest loss, or highest accuracy when classifying; a
+            non-finite validation result is never the best).
+        resume: continue exactly where the newest readable checkpoint stopped (model, optimizer,
+            task sampler and random states of every process, iteration counter, elapsed time):
+            ``last.pt``, or when it is damaged the newest of ``iter_*.pt`` and ``best.pt``, with a
+            :class:`ResumeWarning` naming it. A stage that never wrote a checkpoint starts from
+            iteration 0 (also with a warning); one whose checkpoints are all gone or unreadable
+            raises ``ValueError`` before anything is written.
         distributed: the data-parallel context; ``None`` detects an initialised
             ``torch.distributed`` process group (see :mod:`mamlkit.distributed`). Every process
             calls ``meta_train`` with the same arguments; ``tasks`` is re-seeded per rank on a new
             run, rank 0 logs and writes checkpoints.
         progress: show a tqdm progress bar.
+
+    A SIGINT or SIGTERM ends the current meta-iteration, writes ``last.pt`` and returns with
+    ``stopped_early`` naming the signal. A non-finite loss or gradient raises
+    :class:`NonFiniteError` (``on_nonfinite='stop'``) or skips the step (``'skip'``, counted in
+    ``skipped_steps`` and in metrics.csv; :data:`MAX_SKIPS_IN_A_ROW` in a row, or every step of
+    the run, still raise).
     """
     context = current_context() if distributed is None else distributed
     local_tasks = check_divisible(config.meta_batch_size, context.world_size)
@@ -328,30 +309,39 @@ def meta_train(
     ckpt_dir = run_dir / "checkpoints"
     device = torch.device(config.device)
     autocast = autocast_factory(config.amp, device)
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main and run_dir.is_dir():
         remove_stale_temporaries(ckpt_dir)
     params = list(learner.parameters())
     optimizer = build_optimizer(config, iter(params))
-    start, elapsed, best = 0, 0.0, None
-    if resume:
-        path = ckpt_dir / "last.pt"
-        state = run_on_main(lambda: load_checkpoint(path, map_location="cpu"), context)
-        _restore(state, path, learner, optimizer, tasks, context)
-        start, elapsed, best = state["iteration"], state["elapsed_s"], state["best_metric"]
-        del state
+    start, elapsed, best, skipped = 0, 0.0, None, 0
+    point = run_on_main(lambda: _resume_point(run_dir, config), context) if resume else None
+    if point is not None:
+        _restore(point.state, point.path, learner, optimizer, tasks, context)
+        start, elapsed, best = point.state["iteration"], point.state["elapsed_s"], \
+            point.state["best_metric"]
+        skipped = int(point.state.get("skipped_steps", 0))
+        if start > config.iterations:
+            raise ValueError(
+                f"{point.path} is at iteration {start}, past iterations = {config.iterations}: "
+                f"resuming would rewind the run. Pass iterations >= {start} (--iterations).")
+        point = None
     elif context.enabled:
         broadcast_module(learner, context)
         seed_sampler_for_rank(tasks, config.seed, context.rank)
         if context.rank:
             torch.manual_seed(rank_seed(config.seed, context.rank))  # per-rank dropout streams
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     val_part = None
     if val_batch is not None:
         val_part = move_batch(val_batch.slice(shard_bounds(val_batch.num_tasks, context)), device)
     classification = learner.classification
     higher_is_better = classification and val_batch is not None
+    saved_at = start if resume and start else None
 
     def improved(metric: float) -> bool:
+        if not math.isfinite(metric):
+            return False
         if best is None:
             return True
         return metric > best if higher_is_better else metric < best
@@ -362,6 +352,7 @@ def meta_train(
         if not context.is_main:
             return
         state = {"iteration": iteration, "elapsed_s": elapsed, "best_metric": best,
+                 "skipped_steps": skipped,
                  "learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
                  "sampler": per_rank[0]["sampler"], "rng": per_rank[0]["rng"],
                  "world_size": context.world_size, "config": config.to_dict()}
@@ -369,7 +360,7 @@ def meta_train(
             state["ranks"] = per_rank
         save_checkpoint(ckpt_dir / name, state)
 
-    log = _MetricsLog(run_dir, start if resume else None, config.tensorboard) \
+    log = MetricsLog(run_dir, start if resume else None, config.tensorboard) \
         if context.is_main else None
     result = TrainResult(iteration=start, elapsed_s=elapsed, best_metric=best)
     stops = _StopSignals()
@@ -378,6 +369,7 @@ def meta_train(
                desc=f"meta-train {config.task}", dynamic_ncols=True, mininterval=1.0)
     iteration = start
     best_written = resume and best is not None and val_batch is not None
+    skipped_in_a_row = 0
     try:
         with stops.installed():
             for iteration in range(start + 1, config.iterations + 1):
@@ -398,20 +390,29 @@ def meta_train(
                 synced = synchronize_step(params, metrics, bool(stops.received),
                                           bool(budget_s and elapsed >= budget_s), context)
                 metrics = synced.metrics
-                if not _all_finite(metrics["loss"], params):
-                    if config.on_nonfinite == "stop":
-                        raise NonFiniteError(
-                            f"Non-finite loss or gradient at meta-iteration {iteration} (loss "
-                            f"{metrics['loss']}). The last good checkpoint is kept in {ckpt_dir}. "
-                            "Lower meta_lr or inner_lr, or set on_nonfinite='skip' to skip such "
-                            "steps.")
+                if _all_finite(metrics["loss"], params):
+                    optimizer.step()
+                    skipped_in_a_row = 0
+                elif config.on_nonfinite == "stop":
+                    raise NonFiniteError(_non_finite_message(iteration, metrics["loss"], ckpt_dir,
+                                                             saved_at))
+                else:
                     optimizer.zero_grad(set_to_none=True)
+                    skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
                     result.skipped_steps += 1
-                    continue
-                optimizer.step()
+                    if skipped_in_a_row == 1 and context.is_main:
+                        bar.write(f"meta-iteration {iteration}: non-finite loss or gradient, "
+                                  "step skipped (on_nonfinite = skip)")
+                    if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                        raise NonFiniteError(_non_finite_message(
+                            iteration, metrics["loss"], ckpt_dir, saved_at,
+                            f"{skipped_in_a_row} meta-iterations in a row were non-finite and "
+                            f"skipped ({skipped} in all)"))
                 elapsed += time.perf_counter() - tick
                 row = {"iteration": iteration, "elapsed_s": round(elapsed, 3),
                        "meta_lr": optimizer.param_groups[0]["lr"], **metrics}
+                if config.on_nonfinite == "skip":
+                    row["skipped_steps"] = skipped
                 if val_part is not None and config.val_every and iteration % config.val_every == 0:
                     row.update(validate(learner, val_part, config.eval_inner_steps, context))
                     metric = row["val_accuracy" if higher_is_better else "val_loss"]
@@ -420,7 +421,7 @@ def meta_train(
                         checkpoint("best.pt", iteration)
                         best_written = True
                     result.history.append(row)
-                if log is not None and (iteration % LOG_EVERY == 0 or "val_loss" in row):
+                if log is not None and (iteration % config.log_every == 0 or "val_loss" in row):
                     log.write(row)
                 bar.update(1)
                 shown = {"loss": f"{metrics['loss']:.4f}"}
@@ -431,6 +432,7 @@ def meta_train(
                 bar.set_postfix(shown, refresh=False)
                 if iteration % config.checkpoint_every == 0:
                     checkpoint("last.pt", iteration)
+                    saved_at = iteration
                     if config.keep_checkpoints:
                         checkpoint(f"iter_{iteration:08d}.pt", iteration)
                         if context.is_main:
@@ -451,15 +453,63 @@ def meta_train(
         bar.close()
         if log is not None:
             log.close()
+    if skipped_in_a_row and skipped_in_a_row == iteration - start and not result.stopped_early:
+        result.stopped_early = (f"{NON_FINITE}: all {skipped_in_a_row} meta-iterations had a "
+                                "non-finite loss or gradient and were skipped")
+    if result.skipped_steps and context.is_main:
+        warnings.warn(f"{run_dir}: {result.skipped_steps} of {iteration - start} meta-iterations "
+                      "had a non-finite loss or gradient and were skipped (on_nonfinite = skip).",
+                      UserWarning, stacklevel=2)
     result.iteration, result.elapsed_s = iteration, elapsed
     if val_batch is None:
         best = None
+    elif best is None and result.history and context.is_main:
+        warnings.warn(f"{run_dir}: no validation gave a finite result, so best.pt holds the final "
+                      "weights.", UserWarning, stacklevel=2)
     result.best_metric = best
     checkpoint("last.pt", iteration)
     if not best_written:
         checkpoint("best.pt", iteration)
     barrier(context)  # rank 0 has written the final checkpoints before any process reads them
     return result
+
+
+def _resume_point(run_dir: Path, config: TrainConfig) -> ResumePoint | None:
+    """Where a resumed stage continues from: the newest readable checkpoint (saying so when it is
+    not ``last.pt``), or ``None`` when the stage never wrote one; refuses a stage whose log shows
+    checkpoints that are gone."""
+    ckpt_dir = run_dir / "checkpoints"
+    point = find_resume_point(ckpt_dir)
+    if point is not None:
+        if point.unreadable:
+            warnings.warn(
+                f"resuming from {point.path} (iteration {point.state['iteration']}), the newest "
+                f"checkpoint that loads; passed over: {' | '.join(point.unreadable)}",
+                ResumeWarning, stacklevel=3)
+        return point
+    logged = [int(row["iteration"]) for row in read_log(run_dir / "metrics.csv", 10**18)[1]]
+    if logged and max(logged) >= config.checkpoint_every:
+        raise ValueError(
+            f"{ckpt_dir} holds no checkpoint, but {run_dir / 'metrics.csv'} logs meta-iteration "
+            f"{max(logged)}, past the first checkpoint (every {config.checkpoint_every}): the "
+            "checkpoints were deleted or moved. Put them back, or start the run again with "
+            "--overwrite.")
+    if logged or ckpt_dir.is_dir():
+        warnings.warn(f"{run_dir} stopped before its first checkpoint; it starts again from "
+                      "iteration 0.", ResumeWarning, stacklevel=3)
+    return None
+
+
+def _non_finite_message(iteration: int, loss: float, ckpt_dir: Path, saved_at: int | None,
+                        what: str = "") -> str:
+    """What happened, which checkpoint is kept, and the two ways on."""
+    happened = what or f"Non-finite loss or gradient at meta-iteration {iteration} (loss {loss})"
+    kept = (f"The last good checkpoint is {ckpt_dir / 'last.pt'} (iteration {saved_at})."
+            if saved_at else "No checkpoint was written yet.")
+    on = ("Start a new run with a lower meta_lr or inner_lr (--meta-lr, --inner-lr), or skip "
+          "such steps with --on-nonfinite skip (on_nonfinite = 'skip')")
+    on += " (with --resume, to continue from that checkpoint)." if saved_at else "."
+    return f"{happened}. {kept} {on}"
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
