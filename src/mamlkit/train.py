@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
-import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,14 +25,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from mamlkit.checkpoint import (
-    ResumePoint,
-    find_resume_point,
-    remove_stale_temporaries,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from mamlkit.checkpoint import remove_stale_temporaries, rng_state, save_checkpoint
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.distributed import (
@@ -53,15 +43,22 @@ from mamlkit.distributed import (
     shard_bounds,
     synchronize_step,
 )
-from mamlkit.faults import EXIT_NON_FINITE, EXIT_SIGNAL_BASE
 from mamlkit.metrics_log import BASE_FIELDS as CSV_FIELDS  # noqa: F401 - public name
-from mamlkit.metrics_log import MetricsLog, read_log
+from mamlkit.metrics_log import MetricsLog
 from mamlkit.metrics_log import read_rows as _read_rows  # noqa: F401 - used by the tests
+from mamlkit.run_guard import (  # noqa: F401 - NonFiniteError, ResumeWarning, stop_code: public here
+    MAX_SKIPS_IN_A_ROW,
+    NON_FINITE,
+    NonFiniteError,
+    ResumeWarning,
+    StopSignals,
+    all_finite,
+    non_finite_message,
+    restore,
+    resume_point,
+    stop_code,
+)
 from mamlkit.tasks.base import TaskBatch
-
-MAX_SKIPS_IN_A_ROW = 20
-"""With ``on_nonfinite='skip'``, this many non-finite meta-iterations in a row stop the run: the
-model is not going to recover by itself."""
 
 
 class TaskSampler(Protocol):
@@ -72,14 +69,6 @@ class TaskSampler(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class NonFiniteError(RuntimeError):
-    """A meta-iteration produced a NaN or infinite loss or gradient."""
-
-
-class ResumeWarning(UserWarning):
-    """A resumed run did not continue from ``last.pt`` (damaged), or a stage starts over."""
 
 
 @dataclass
@@ -192,78 +181,6 @@ def validate(learner: MetaLearner, batch: TaskBatch, steps: int,
     return {k: totals[k] / totals["count"] for k in keys}
 
 
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag so the loop can save a checkpoint before exiting."""
-
-    def __init__(self) -> None:
-        self.received: str = ""
-
-    @contextmanager
-    def installed(self) -> Iterator[_StopSignals]:
-        handlers = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not in the main thread: leave the handlers alone
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signal.Signals(signum).name
-
-
-NON_FINITE = "non-finite"
-"""How ``TrainResult.stopped_early`` begins when every meta-iteration was skipped."""
-
-
-def stop_code(stopped_early: str) -> int:
-    """The exit code a run stopped for ``stopped_early`` (``TrainResult``) ends with: 128 + N for
-    signal N, 3 when every step was non-finite, 0 otherwise (finished, or its time budget)."""
-    found = re.fullmatch(r"received (SIG[A-Z0-9]+)", stopped_early or "")
-    if found:
-        return EXIT_SIGNAL_BASE + int(signal.Signals[found.group(1)])
-    return EXIT_NON_FINITE if (stopped_early or "").startswith(NON_FINITE) else 0
-
-
-def _all_finite(loss: float, params: list[torch.nn.Parameter]) -> bool:
-    if not math.isfinite(loss):
-        return False
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    norms = torch._foreach_norm(grads)
-    return bool(torch.isfinite(torch.stack(norms)).all())
-
-
-def _restore(state: dict[str, Any], path: Path, learner: MetaLearner,
-             optimizer: torch.optim.Optimizer, tasks: TaskSampler,
-             context: DistributedContext) -> None:
-    saved_world = int(state.get("world_size", 1))
-    if saved_world != context.world_size:
-        raise ValueError(
-            f"{path} was written by a run with {saved_world} process(es) but this run has "
-            f"{context.world_size}: each process's task stream is saved separately, so an exact "
-            f"resume needs the same number of processes (torchrun --nproc-per-node "
-            f"{saved_world} ...). Or start a new run from this checkpoint's weights.")
-    try:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        raise ValueError(
-            f"{path} does not fit this model or algorithm ({type(error).__name__}: "
-            f"{detail[:400]}). Resume with the configuration the run was started with, or start "
-            "a new run.") from error
-    per_rank = state.get("ranks") or [{"sampler": state["sampler"], "rng": state["rng"]}]
-    mine = per_rank[context.rank]
-    tasks.load_state_dict(mine["sampler"])
-    set_rng_state(mine["rng"])
-
-
 def meta_train(
     learner: MetaLearner,
     tasks: TaskSampler,
@@ -314,9 +231,9 @@ def meta_train(
     params = list(learner.parameters())
     optimizer = build_optimizer(config, iter(params))
     start, elapsed, best, skipped = 0, 0.0, None, 0
-    point = run_on_main(lambda: _resume_point(run_dir, config), context) if resume else None
+    point = run_on_main(lambda: resume_point(run_dir, config), context) if resume else None
     if point is not None:
-        _restore(point.state, point.path, learner, optimizer, tasks, context)
+        restore(point.state, point.path, learner, optimizer, tasks, context)
         start, elapsed, best = point.state["iteration"], point.state["elapsed_s"], \
             point.state["best_metric"]
         skipped = int(point.state.get("skipped_steps", 0))
@@ -363,7 +280,7 @@ def meta_train(
     log = MetricsLog(run_dir, start if resume else None, config.tensorboard) \
         if context.is_main else None
     result = TrainResult(iteration=start, elapsed_s=elapsed, best_metric=best)
-    stops = _StopSignals()
+    stops = StopSignals()
     budget_s = config.time_budget_minutes * 60.0
     bar = tqdm(total=config.iterations, initial=start, disable=not (progress and context.is_main),
                desc=f"meta-train {config.task}", dynamic_ncols=True, mininterval=1.0)
@@ -390,11 +307,11 @@ def meta_train(
                 synced = synchronize_step(params, metrics, bool(stops.received),
                                           bool(budget_s and elapsed >= budget_s), context)
                 metrics = synced.metrics
-                if _all_finite(metrics["loss"], params):
+                if all_finite(metrics["loss"], params):
                     optimizer.step()
                     skipped_in_a_row = 0
                 elif config.on_nonfinite == "stop":
-                    raise NonFiniteError(_non_finite_message(iteration, metrics["loss"], ckpt_dir,
+                    raise NonFiniteError(non_finite_message(iteration, metrics["loss"], ckpt_dir,
                                                              saved_at))
                 else:
                     optimizer.zero_grad(set_to_none=True)
@@ -404,7 +321,7 @@ def meta_train(
                         bar.write(f"meta-iteration {iteration}: non-finite loss or gradient, "
                                   "step skipped (on_nonfinite = skip)")
                     if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                        raise NonFiniteError(_non_finite_message(
+                        raise NonFiniteError(non_finite_message(
                             iteration, metrics["loss"], ckpt_dir, saved_at,
                             f"{skipped_in_a_row} meta-iterations in a row were non-finite and "
                             f"skipped ({skipped} in all)"))
@@ -472,44 +389,6 @@ def meta_train(
         checkpoint("best.pt", iteration)
     barrier(context)  # rank 0 has written the final checkpoints before any process reads them
     return result
-
-
-def _resume_point(run_dir: Path, config: TrainConfig) -> ResumePoint | None:
-    """Where a resumed stage continues from: the newest readable checkpoint (saying so when it is
-    not ``last.pt``), or ``None`` when the stage never wrote one; refuses a stage whose log shows
-    checkpoints that are gone."""
-    ckpt_dir = run_dir / "checkpoints"
-    point = find_resume_point(ckpt_dir)
-    if point is not None:
-        if point.unreadable:
-            warnings.warn(
-                f"resuming from {point.path} (iteration {point.state['iteration']}), the newest "
-                f"checkpoint that loads; passed over: {' | '.join(point.unreadable)}",
-                ResumeWarning, stacklevel=3)
-        return point
-    logged = [int(row["iteration"]) for row in read_log(run_dir / "metrics.csv", 10**18)[1]]
-    if logged and max(logged) >= config.checkpoint_every:
-        raise ValueError(
-            f"{ckpt_dir} holds no checkpoint, but {run_dir / 'metrics.csv'} logs meta-iteration "
-            f"{max(logged)}, past the first checkpoint (every {config.checkpoint_every}): the "
-            "checkpoints were deleted or moved. Put them back, or start the run again with "
-            "--overwrite.")
-    if logged or ckpt_dir.is_dir():
-        warnings.warn(f"{run_dir} stopped before its first checkpoint; it starts again from "
-                      "iteration 0.", ResumeWarning, stacklevel=3)
-    return None
-
-
-def _non_finite_message(iteration: int, loss: float, ckpt_dir: Path, saved_at: int | None,
-                        what: str = "") -> str:
-    """What happened, which checkpoint is kept, and the two ways on."""
-    happened = what or f"Non-finite loss or gradient at meta-iteration {iteration} (loss {loss})"
-    kept = (f"The last good checkpoint is {ckpt_dir / 'last.pt'} (iteration {saved_at})."
-            if saved_at else "No checkpoint was written yet.")
-    on = ("Start a new run with a lower meta_lr or inner_lr (--meta-lr, --inner-lr), or skip "
-          "such steps with --on-nonfinite skip (on_nonfinite = 'skip')")
-    on += " (with --resume, to continue from that checkpoint)." if saved_at else "."
-    return f"{happened}. {kept} {on}"
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
