@@ -138,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{run_dir} holds a {saved.get('task')!r} run, not {args.task!r}.")
         config = make_config(saved, file_values, _overrides(args))
         check_resume_changes(make_config(saved), config, str(run_dir))
+        checkpoint_every = make_config(saved).checkpoint_every  # how the files were written
     else:
         config = make_config(experiment.defaults_for({**file_values, **_overrides(args)}),
                              file_values, _overrides(args), {"task": args.task})
@@ -153,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         run_dir = run_on_main(lambda: run_dir, context)  # rank 0's (time-stamped) folder
         if args.resume:
-            run_on_main(lambda: check_resumable(run_dir), context)
+            run_on_main(lambda: check_resumable(run_dir, checkpoint_every), context)
         run_on_main(lambda: prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite),
                     context)
         args.resume_hint = f"mamlkit train {args.task} --run-dir {run_dir} --resume"
@@ -201,7 +202,7 @@ def _describe_runs(runs: dict[str, dict[str, Any]]) -> str:
             text += f" ({run['train_seconds']:.1f} s)"
         for key, value in run.items():
             if key.startswith("best_") and isinstance(value, (int, float)):
-                text += f", {key[5:].replace('_', ' ')} {value:.4g}"
+                text += f", {key.replace('_', ' ')} {value:.4g}"
         parts.append(text)
     return "; ".join(parts) or "nothing to train"
 

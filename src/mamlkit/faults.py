@@ -30,6 +30,10 @@ EXIT_NON_FINITE = 3
 EXIT_SYSTEM = 4
 EXIT_SIGNAL_BASE = 128
 
+WRONG_MODEL_ADVICE = ("Use the settings the run was trained with (drop options such as --algo, "
+                      "--hidden, --ways or --model), or point at the run it belongs to.")
+"""The fix for a checkpoint that does not fit the model a configuration builds."""
+
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 
@@ -59,8 +63,7 @@ def describe(error: BaseException, resume_hint: str = "") -> tuple[int, str] | N
     if isinstance(error, RuntimeError) and "Error(s) in loading state_dict" in str(error):
         return EXIT_BAD_INPUT, (
             "the checkpoint does not fit the model this configuration builds ("
-            + _one_line(error)[:300] + "). Use the settings the run was trained with (drop options "
-            "such as --algo, --hidden, --ways or --model), or point at the run it belongs to.")
+            + _one_line(error)[:300] + "). " + WRONG_MODEL_ADVICE)
     if isinstance(error, (ValueError, ImportError)):
         return EXIT_BAD_INPUT, _one_line(error)
     return None

@@ -38,9 +38,9 @@ def read_log(path: Path, up_to: int) -> tuple[list[str], list[dict[str, str]]]:
         text = text[: text.rfind("\n") + 1]
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = list(reader.fieldnames or [])
-    if columns and columns[0] != "iteration":
-        raise ValueError(f"{path} is not a mamlkit metrics log (its first column is "
-                         f"{columns[0]!r}, not 'iteration'); move it away and resume again.")
+    if text and "iteration" not in columns:
+        raise ValueError(f"{path} is not a mamlkit metrics log (no 'iteration' column); move it "
+                         "away and resume again.")
     kept = []
     for row in reader:
         if None in row or any(v is None for v in row.values()):

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mamlkit.checkpoint import ResumePoint, find_resume_point, set_rng_state
-from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.distributed import DistributedContext
 from mamlkit.faults import EXIT_NON_FINITE, EXIT_SIGNAL_BASE
@@ -113,27 +112,33 @@ def restore(state: dict[str, Any], path: Path, learner: MetaLearner,
     set_rng_state(mine["rng"])
 
 
-def resume_point(run_dir: Path, config: TrainConfig) -> ResumePoint | None:
-    """Where a resumed stage continues from: the newest readable checkpoint (saying so when it is
-    not ``last.pt``), or ``None`` when the stage never wrote one; refuses a stage whose log shows
-    checkpoints that are gone."""
+def resume_point(run_dir: Path, checkpoint_every: int, announce: bool = True
+                 ) -> ResumePoint | None:
+    """Where a resumed stage in ``run_dir`` continues from.
+
+    The newest readable checkpoint (a :class:`ResumeWarning` names it when it is not
+    ``last.pt``), or ``None`` when the stage never wrote one (it starts again from iteration 0,
+    also announced when it had begun). Raises ``ValueError`` when every checkpoint is unreadable,
+    or when there is none but ``metrics.csv`` logs iterations past the first checkpoint (they were
+    deleted): a stage never restarts silently. ``announce=False`` only checks.
+    """
     ckpt_dir = run_dir / "checkpoints"
     point = find_resume_point(ckpt_dir)
     if point is not None:
-        if point.unreadable:
+        if point.unreadable and announce:
             warnings.warn(
                 f"resuming from {point.path} (iteration {point.state['iteration']}), the newest "
-                f"checkpoint that loads; passed over: {' | '.join(point.unreadable)}",
+                f"checkpoint that loads; passed over: {'; '.join(point.unreadable)}",
                 ResumeWarning, stacklevel=3)
         return point
     logged = [int(row["iteration"]) for row in read_log(run_dir / "metrics.csv", 10**18)[1]]
-    if logged and max(logged) >= config.checkpoint_every:
+    if logged and max(logged) >= checkpoint_every:
         raise ValueError(
             f"{ckpt_dir} holds no checkpoint, but {run_dir / 'metrics.csv'} logs meta-iteration "
-            f"{max(logged)}, past the first checkpoint (every {config.checkpoint_every}): the "
+            f"{max(logged)}, past the first checkpoint (every {checkpoint_every}): the "
             "checkpoints were deleted or moved. Put them back, or start the run again with "
             "--overwrite.")
-    if logged or ckpt_dir.is_dir():
+    if (logged or ckpt_dir.is_dir()) and announce:
         warnings.warn(f"{run_dir} stopped before its first checkpoint; it starts again from "
                       "iteration 0.", ResumeWarning, stacklevel=3)
     return None

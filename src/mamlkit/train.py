@@ -231,7 +231,7 @@ def meta_train(
     params = list(learner.parameters())
     optimizer = build_optimizer(config, iter(params))
     start, elapsed, best, skipped = 0, 0.0, None, 0
-    point = run_on_main(lambda: resume_point(run_dir, config), context) if resume else None
+    point = run_on_main(lambda: resume_point(run_dir, config.checkpoint_every), context) if resume else None
     if point is not None:
         restore(point.state, point.path, learner, optimizer, tasks, context)
         start, elapsed, best = point.state["iteration"], point.state["elapsed_s"], \

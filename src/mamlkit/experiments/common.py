@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mamlkit.checkpoint import find_resume_point
 from mamlkit.config import TrainConfig, read_text_file
 from mamlkit.core.learner import MetaLearner
 from mamlkit.datasets._files import write_text_atomic
@@ -91,11 +90,14 @@ def check_writable(folder: Path) -> None:
         raise naming(error, folder) from None
 
 
-def check_resumable(run_dir: Path) -> None:
+def check_resumable(run_dir: Path, checkpoint_every: int) -> None:
     """Refuse (``ValueError``) before anything is written when a stage of the run in ``run_dir``
-    has checkpoint files but none that loads; the others resume from their newest readable one."""
-    for folder in sorted(run_dir.glob("**/checkpoints")):
-        find_resume_point(folder)
+    cannot resume: checkpoint files but none that loads, or a log past the first checkpoint but
+    no checkpoint (see :func:`mamlkit.run_guard.resume_point`)."""
+    from mamlkit.run_guard import resume_point
+
+    for stage in sorted(path.parent for path in run_dir.glob("**/checkpoints") if path.is_dir()):
+        resume_point(stage, checkpoint_every, announce=False)
 
 
 def check_writable_run(run_dir: Path) -> None:

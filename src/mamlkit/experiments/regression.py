@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mamlkit.algorithms import algorithm_label
-from mamlkit.checkpoint import load_checkpoint
+from mamlkit.checkpoint import load_weights
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import adaptation_curve, summarize_curve
@@ -82,9 +82,7 @@ def _load(config: TrainConfig, run_dir: Path, name: str, inner_lr: float) -> Met
     setup_torch(config)
     learner = build_learner(config, sinusoid_mlp(), "mse", inner_lr=inner_lr,
                             inner_steps=config.eval_inner_steps).to(config.device)
-    ckpt = run_dir / name / "checkpoints" / "best.pt"
-    state = load_checkpoint(ckpt, map_location=config.device)["learner"]
-    learner.load_state_dict(state)
+    load_weights(learner, run_dir / name / "checkpoints" / "best.pt", config.device)
     return learner
 
 
