@@ -85,9 +85,12 @@ def _describe_os_error(error: OSError, then: str) -> tuple[int, str]:
                              "folder you can write to (--run-dir), or fix its permissions." + then)
     if isinstance(error, IsADirectoryError):
         return EXIT_BAD_INPUT, f"{where} is a folder, but a file is expected there. Pass a file."
-    if isinstance(error, (NotADirectoryError, FileExistsError)):
-        return EXIT_BAD_INPUT, (f"{where} is a file, but a folder is needed there. Choose another "
-                                "path, or move the file away.")
+    if isinstance(error, NotADirectoryError):
+        return EXIT_BAD_INPUT, (f"cannot create {where}: part of that path is a file, not a "
+                                "folder. Choose another path, or move the file away.")
+    if isinstance(error, FileExistsError):
+        return EXIT_BAD_INPUT, (f"{where} already exists as a file, where a folder is needed. "
+                                "Choose another path, or move the file away.")
     if isinstance(error, FileNotFoundError):
         return EXIT_BAD_INPUT, f"{where} does not exist. Check the path."
     return EXIT_SYSTEM, f"{where + ': ' if where else ''}{error.strerror or _one_line(error)}." + then

@@ -249,7 +249,7 @@ def test_run_dir_that_is_a_file(tmp_path, capsys) -> None:
     assert main(["train", "sinusoid", "--run-dir", str(path), *TINY]) == 2
     assert "is a file, not a folder" in one_error_line(capsys.readouterr().err)
     assert main(["train", "sinusoid", "--run-dir", str(path / "below"), *TINY]) == 2
-    assert "is a file, but a folder is needed" in one_error_line(capsys.readouterr().err)
+    assert "part of that path is a file, not a folder" in one_error_line(capsys.readouterr().err)
 
 
 def test_eval_of_a_checkpoint_of_another_model(run_dir, capsys) -> None:
