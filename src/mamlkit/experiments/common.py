@@ -86,8 +86,8 @@ def check_writable(folder: Path) -> None:
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
-    except OSError as error:
-        raise naming(error, folder) from None
+    except OSError as error:  # name the folder, not the random name of the probe file
+        raise OSError(error.errno, error.strerror, str(folder)) from None
 
 
 def check_resumable(run_dir: Path, checkpoint_every: int) -> None:
