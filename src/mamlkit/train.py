@@ -217,8 +217,9 @@ def meta_train(
     A SIGINT or SIGTERM ends the current meta-iteration, writes ``last.pt`` and returns with
     ``stopped_early`` naming the signal. A non-finite loss or gradient raises
     :class:`NonFiniteError` (``on_nonfinite='stop'``) or skips the step (``'skip'``, counted in
-    ``skipped_steps`` and in metrics.csv; :data:`MAX_SKIPS_IN_A_ROW` in a row, or every step of
-    the run, still raise).
+    ``skipped_steps``, in metrics.csv and in a warning); :data:`MAX_SKIPS_IN_A_ROW` skipped in a
+    row still raise, and a run whose every step was skipped returns with ``stopped_early``
+    starting with :data:`NON_FINITE` (``mamlkit train`` exits 3).
     """
     context = current_context() if distributed is None else distributed
     local_tasks = check_divisible(config.meta_batch_size, context.world_size)
