@@ -54,9 +54,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     it) or ``resume`` (which continues it) is given, so an existing run is never destroyed by
     accident. The folder must be writable: that is checked here, before any work starts.
     """
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: --resume continues the "
-                         f"run in {run_dir}, --overwrite deletes it first. Pass one of them.")
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--run-dir {run_dir} is a file, not a folder. Choose another "
                                  "--run-dir, or move the file away.")
@@ -82,7 +79,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def check_writable(folder: Path) -> None:
-    """Raise ``PermissionError`` naming ``folder`` when files cannot be created in it."""
+    """Raise the ``OSError`` (``PermissionError``, a read-only file system, ...) naming ``folder``
+    when files cannot be created in it."""
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -103,6 +101,8 @@ def check_resumable(run_dir: Path, checkpoint_every: int) -> None:
 def check_writable_run(run_dir: Path) -> None:
     """Before evaluating a run: its results go to ``run_dir/eval`` and ``run_dir/plots``, so a
     read-only run folder is refused before seconds of computation rather than after."""
+    if not (run_dir / "config.json").is_file():
+        return  # not a run: loading its configuration says so
     for folder in (run_dir / "eval", run_dir):
         if folder.is_dir():
             check_writable(folder)
