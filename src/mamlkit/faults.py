@@ -54,7 +54,8 @@ def describe(error: BaseException, resume_hint: str = "") -> tuple[int, str] | N
     """
     then = f" Then continue with: {resume_hint}" if resume_hint else ""
     if isinstance(error, KeyboardInterrupt):
-        return EXIT_SIGNAL_BASE + 2, "interrupted." + then
+        return EXIT_SIGNAL_BASE + 2, "interrupted (SIGINT)." + (
+            f" Continue with: {resume_hint}" if resume_hint else "")
     if isinstance(error, OSError):
         return _describe_os_error(error, then)
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":

@@ -1,6 +1,6 @@
 """Faults met from the command line leave the run whole, print one line and exit honestly.
 
-Exit codes (docs/reliability.md): 0 done, 2 bad input, 3 non-finite, 4 the system refused,
+Exit codes (docs/reliability.md): 0 done, 1 a bug, 2 bad input, 3 non-finite, 4 the system refused,
 128 + N stopped by signal N. What is about the process itself (signals, a traceback-free failed
 download, a refused resume) runs ``mamlkit`` in a subprocess; the rest calls the same entry point,
 ``mamlkit.cli.main``, in this process to keep the suite fast.
@@ -325,3 +325,27 @@ def test_zip_errors_name_the_command_line_option(tmp_path, capsys) -> None:
     line = one_error_line(capsys.readouterr().err)
     assert "is not a valid zip archive" in line and "--download" in line
     assert "download=True" not in line
+
+
+# exit codes of what is left: Ctrl-C outside the training loop, and a real bug -------------------
+@pytest.mark.parametrize("raised, code, expected", [
+    (KeyboardInterrupt(), 130, "mamlkit: error: interrupted (SIGINT). Continue with: mamlkit "
+                               "train sinusoid --run-dir"),
+    (RuntimeError("an unexpected state"), 1, "mamlkit: internal error (a bug in mamlkit"),
+])
+def test_interrupt_and_bug_outside_the_loop(tmp_path, capsys, monkeypatch, raised, code,
+                                            expected) -> None:
+    import dataclasses
+
+    from mamlkit import cli
+    from mamlkit.experiments.regression import SINUSOID
+
+    def fails(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(cli, "get_experiment", lambda name: dataclasses.replace(SINUSOID,
+                                                                                train=fails))
+    assert main(["train", "sinusoid", "--run-dir", str(tmp_path / "run"), *TINY]) == code
+    err = capsys.readouterr().err
+    assert expected in err
+    assert ("Traceback" in err) == (code == 1)
