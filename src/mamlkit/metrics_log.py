@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,14 @@ class MetricsLog:
             for key, value in row.items():
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.tb.add_scalar(key, value, int(row["iteration"]))
+
+    def sync(self) -> None:
+        """Force the rows written so far onto the disk (called with every ``last.pt``, so a power
+        cut cannot lose rows that precede the checkpoint a resume continues from)."""
+        try:
+            os.fsync(self.handle.fileno())
+        except OSError as error:
+            raise naming(error, self.path) from error
 
     def close(self) -> None:
         """Close the file (and the TensorBoard writer)."""

@@ -349,6 +349,8 @@ def meta_train(
                     shown["val"] = f"{row.get('val_accuracy', row['val_loss']):.4f}"
                 bar.set_postfix(shown, refresh=False)
                 if iteration % config.checkpoint_every == 0:
+                    if log is not None:
+                        log.sync()
                     checkpoint("last.pt", iteration)
                     saved_at = iteration
                     if config.keep_checkpoints:
