@@ -10,16 +10,26 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import signal
 import sys
 import textwrap
 import time
+import traceback
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mamlkit.config import FIELDS, TrainConfig, field_type, make_config, read_config_file
+from mamlkit.config import (
+    FIELDS,
+    TrainConfig,
+    check_resume_changes,
+    field_type,
+    make_config,
+    read_config_file,
+)
 from mamlkit.distributed import (
     check_divisible,
     environment_world_size,
@@ -28,9 +38,23 @@ from mamlkit.distributed import (
     shutdown,
 )
 from mamlkit.experiments import experiment_names, get_experiment
-from mamlkit.experiments.common import check_device, load_run_config, prepare_run_dir
+from mamlkit.experiments.common import (
+    check_device,
+    check_resumable,
+    check_writable_run,
+    load_run_config,
+    prepare_run_dir,
+)
+from mamlkit.faults import (
+    EXIT_BUG,
+    EXIT_DONE,
+    EXIT_NON_FINITE,
+    EXIT_SIGNAL_BASE,
+    cli_spelling,
+    describe,
+)
 from mamlkit.tracking import log_final_evaluation
-from mamlkit.train import NonFiniteError, autocast_factory
+from mamlkit.train import NonFiniteError, autocast_factory, stop_code
 
 
 def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -120,50 +144,104 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``mamlkit train``: validate everything first, then train and evaluate."""
+    """``mamlkit train``: validate everything first, then train and evaluate.
+
+    A resumed run is checked whole before anything is written: its settings may only change in
+    :data:`~mamlkit.config.RESUMABLE_KEYS`, and every stage must have a readable checkpoint.
+    """
     experiment = get_experiment(args.task)
     run_dir = args.run_dir
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues a "
+                         "run, --overwrite deletes it first. Pass one of them.")
+    file_values = read_config_file(args.config) if args.config else {}
     if args.resume:
         if run_dir is None:
             raise ValueError("--resume needs --run-dir pointing at the run to continue.")
         saved = load_run_config(run_dir)
         if saved.get("task") != args.task:
             raise ValueError(f"{run_dir} holds a {saved.get('task')!r} run, not {args.task!r}.")
-        config = make_config(saved, _overrides(args))
+        config = make_config(saved, file_values, _overrides(args))
+        check_resume_changes(make_config(saved), config, str(run_dir))
+        checkpoint_every = make_config(saved).checkpoint_every  # how the files were written
     else:
-        file_values = read_config_file(args.config) if args.config else {}
         config = make_config(experiment.defaults_for({**file_values, **_overrides(args)}),
                              file_values, _overrides(args), {"task": args.task})
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
+    if experiment.check is not None:
+        experiment.check(config)
     check_device(config.device)
     autocast_factory(config.amp, torch.device(config.device))
     check_divisible(config.meta_batch_size, environment_world_size())
     context = init_from_environment(config.device)  # torchrun: one process per device
     try:
         run_dir = run_on_main(lambda: run_dir, context)  # rank 0's (time-stamped) folder
+        if args.resume:
+            run_on_main(lambda: check_resumable(run_dir, checkpoint_every), context)
         run_on_main(lambda: prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite),
                     context)
+        args.resume_hint = f"mamlkit train {args.task} --run-dir {run_dir} --resume"
         say = print if context.is_main else (lambda *_: None)
         say(f"run directory: {run_dir}" + (f" ({context.world_size} processes, {context.backend})"
                                            if context.enabled else ""))
         start = time.perf_counter()
         summary = experiment.train(config, run_dir, args.resume)
-        train_s = time.perf_counter() - start
-        say(f"meta-training finished in {train_s:.1f} s: {summary}")
-        if context.is_main and not args.no_eval and not any(v.get("stopped") for v in _runs(summary)):
+        runs = _runs(summary)
+        stopped = next((run["stopped"] for run in runs.values() if run.get("stopped")), "")
+        code = stop_code(stopped)
+        if code:
+            if context.is_main:
+                if code > EXIT_SIGNAL_BASE:
+                    cause = f"by {signal.Signals(code - EXIT_SIGNAL_BASE).name}"
+                    advice = f"The checkpoints are kept; continue with: {args.resume_hint}"
+                else:
+                    cause = f"({stopped})"
+                    advice = "Start a new run with a lower --meta-lr or --inner-lr."
+                print(f"mamlkit: stopped {cause}: {_describe_runs(runs)}. {advice}",
+                      file=sys.stderr)
+            return code
+        verb = f"stopped ({stopped})" if stopped else "finished"
+        say(f"meta-training {verb} in {time.perf_counter() - start:.1f} s: {_describe_runs(runs)}")
+        if context.is_main and not args.no_eval and not stopped:
             results = experiment.evaluate(config, run_dir)
             log_final_evaluation(config, run_dir, results)
-        say(f"checkpoints: {run_dir / '**' / 'checkpoints'}\nmetrics: {run_dir}/**/metrics.csv\n"
-            f"evaluation: {run_dir / 'eval'}\nplots: {run_dir / 'plots'}")
+        if context.is_main:
+            _print_outputs(run_dir)
     finally:
         shutdown()
-    return 0
+    return EXIT_DONE
 
 
-def _runs(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for v in summary.values() if isinstance(v, dict)]
+def _runs(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-stage entries of an experiment's training summary."""
+    return {name: v for name, v in summary.items() if isinstance(v, dict) and "iterations" in v}
+
+
+def _describe_runs(runs: dict[str, dict[str, Any]]) -> str:
+    """``maml 100 iterations (1.2 s), best val loss 0.31; pretrained ...`` from a summary."""
+    parts = []
+    for name, run in runs.items():
+        text = f"{name} {run['iterations']} iterations"
+        if isinstance(run.get("train_seconds"), (int, float)):
+            text += f" ({run['train_seconds']:.1f} s)"
+        for key, value in run.items():
+            if key.startswith("best_") and isinstance(value, (int, float)):
+                text += f", {key.replace('_', ' ')} {value:.4g}"
+        parts.append(text)
+    return "; ".join(parts) or "nothing to train"
+
+
+def _print_outputs(run_dir: Path) -> None:
+    """The files the run left, only those that exist."""
+    found = {"checkpoints": sorted(p for p in run_dir.glob("**/checkpoints") if p.is_dir()),
+             "metrics": sorted(run_dir.glob("**/metrics.csv")),
+             "evaluation": [run_dir / "eval"] if (run_dir / "eval").is_dir() else [],
+             "plots": [run_dir / "plots"] if (run_dir / "plots").is_dir() else []}
+    for label, paths in found.items():
+        if paths:
+            print(f"{label}: {', '.join(str(p) for p in paths)}")
 
 
 def _check_algorithm(name: str) -> None:
@@ -222,17 +300,43 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mamlkit`` command; bad input exits with status 2 and one message."""
+    """Entry point of the ``mamlkit`` command; returns its exit code (:mod:`mamlkit.faults`).
+
+    Expected failures (bad input, missing or damaged files, a full disk, no permission, a failed
+    download) print one line naming the file, the problem and the fix; a traceback is printed
+    only for a bug.
+    """
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "export": cmd_export}
-    try:
-        return commands[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"mamlkit: error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteError as error:
-        print(f"mamlkit: stopped: {error}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            if args.command == "eval":
+                check_writable_run(args.run_dir)
+            return commands[args.command](args)
+        except NonFiniteError as error:
+            print(f"mamlkit: stopped: {cli_spelling(str(error))}", file=sys.stderr)
+            return EXIT_NON_FINITE
+        except BaseException as error:
+            if isinstance(error, SystemExit):
+                raise
+            described = describe(error, getattr(args, "resume_hint", ""))
+            if described is None:
+                if not isinstance(error, Exception):
+                    raise
+                traceback.print_exc()
+                print("mamlkit: internal error (a bug in mamlkit; please report it with the "
+                      "traceback above).", file=sys.stderr)
+                return EXIT_BUG
+            code, line = described
+            print(f"mamlkit: error: {cli_spelling(line)}", file=sys.stderr)
+            return code
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one ``mamlkit: warning:`` line, without source locations."""
+    print(f"mamlkit: warning: {cli_spelling(str(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

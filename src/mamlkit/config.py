@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -133,6 +134,8 @@ class TrainConfig:
     """Use at most this many examples of each class, in file order (0 = all; for quick runs)."""
     notes: str = ""
     """Free-form notes kept with the run in config.json (what it is for, what changed)."""
+    log_every: int = 10
+    """Write a metrics.csv row every this many meta-iterations (validations are always logged)."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -143,6 +146,9 @@ class TrainConfig:
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2 (a classification episode needs two classes), "
                              f"got {self.ways}.")
+        for key in (f.name for f in dataclasses.fields(self) if f.type in (float, "float")):
+            if not math.isfinite(getattr(self, key)):
+                raise ValueError(f"{key} must be a finite number, got {getattr(self, key)}.")
         for key in ("inner_lr", "meta_lr"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
@@ -150,8 +156,9 @@ class TrainConfig:
                     "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
+        for key in ("checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
         if self.time_budget_minutes < 0:
             raise ValueError("time_budget_minutes must be >= 0 (0 = no limit).")
         for key in ("weight_decay", "grad_clip", "warmup_iterations", "lr_step_size"):
@@ -221,17 +228,36 @@ def coerce(name: str, value: Any, source: str) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Key/values of a TOML or JSON config file, type-checked against :class:`TrainConfig`."""
+    """Key/values of a TOML (``.toml`` or no suffix) or JSON (``.json``) config file,
+    type-checked against :class:`TrainConfig`."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Config file {path} is a folder; pass the .toml or .json file "
+                                "inside it.")
     if not path.is_file():
         raise FileNotFoundError(f"Config file {path} does not exist.")
-    text = path.read_text()
+    kind = {".json": "JSON", ".toml": "TOML", "": "TOML"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"Config file {path}: {path.suffix} files are not read; write the "
+                         "settings as TOML (.toml) or JSON (.json).")
+    text = read_text_file(path, "config file")
     try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        raw = json.loads(text) if kind == "JSON" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"Config file {path} is not valid {path.suffix[1:].upper()}: {error}") \
-            from error
+        raise ValueError(f"Config file {path} is not valid {kind}: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"Config file {path} must hold a table of key = value settings, "
+                         f"not a {type(raw).__name__}.")
     return {k: coerce(k, v, str(path)) for k, v in raw.items() if k not in RECORD_KEYS}
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; ``ValueError`` naming the file when it holds binary data."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file (byte {error.start} is not UTF-8); it is "
+                         f"damaged or not a {what}: restore it or pass the right file.") from None
 
 
 def make_config(*layers: dict[str, Any]) -> TrainConfig:
@@ -242,3 +268,41 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
             if k not in RECORD_KEYS:
                 values[k] = coerce(k, v, "the configuration")
     return TrainConfig(**values).validate()
+
+
+RESUMABLE_KEYS = frozenset({
+    "iterations", "baseline_iterations", "time_budget_minutes", "val_every", "checkpoint_every",
+    "keep_checkpoints", "log_every", "test_tasks", "eval_shots", "on_nonfinite", "plots",
+    "tensorboard", "data_root", "download", "cache_dir", "device", "threads", "batching",
+    "chunk_size", "compile", "task_threads",
+})
+"""Settings a resumed run may change: how long to train, how often to validate, log and
+checkpoint, how to evaluate at the end, where the data is and where to compute. Every other
+setting defines the model, the algorithm or the task stream, and must stay as the run began."""
+
+
+def check_resume_changes(saved: TrainConfig, resumed: TrainConfig, source: str) -> None:
+    """Refuse a resume whose settings change the run itself (``ValueError`` naming them).
+
+    Also refuses shortening it: ``iterations`` (and the baseline's, where it counts separately)
+    may grow or stay, since checkpoints of the longer run may already exist.
+    """
+    changed = [key for key in FIELDS if key not in RESUMABLE_KEYS
+               and getattr(saved, key) != getattr(resumed, key)]
+    if changed:
+        listed = ", ".join(f"{key} {getattr(saved, key)!r} -> {getattr(resumed, key)!r}"
+                           for key in changed)
+        raise ValueError(
+            f"--resume cannot change {listed}: the run in {source} was trained with the former, "
+            "and its checkpoints only fit that. Resume without these options, or start a new run "
+            "(another --run-dir) with them.")
+    for key, before, after in (
+            ("iterations", saved.iterations, resumed.iterations),
+            ("baseline_iterations", saved.baseline_iterations or saved.iterations,
+             resumed.baseline_iterations or resumed.iterations)):
+        if after < before:
+            raise ValueError(
+                f"--resume with {key} {after} would shorten the run in {source}, which is set to "
+                f"{before} (its checkpoints may already be past {after}). Pass "
+                f"--{key.replace('_', '-')} {before} or more, or use --time-budget-minutes to stop "
+                "earlier.")

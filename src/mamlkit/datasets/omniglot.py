@@ -215,6 +215,27 @@ def _decode_source(source: Path, set_name: str, size: int, resample: str) -> _De
     return _Decoded(images, [f"{set_name}/{name}" for name, _ in members])
 
 
+def _read_cache(array_path: Path, meta_path: Path, size: int) -> _Decoded | None:
+    """A cache entry whose array still has the sha256 recorded when it was written; ``None`` for
+    a missing, unreadable, damaged or unchecked (older) entry, which is then rebuilt."""
+    if not (array_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        names, recorded = meta["names"], meta.get("array_sha256")
+        if sha256_file(array_path) != recorded:
+            if recorded is not None:
+                warnings.warn(f"the Omniglot cache file {array_path} no longer matches its recorded "
+                              "sha256 (it was damaged); decoding the images again.", stacklevel=4)
+            return None
+        images = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if images.shape[0] != len(names) or images.shape[2:] != (size, size):
+        return None
+    return _Decoded(images, names)
+
+
 def _load_set(
     root: Path, set_name: str, size: int, resample: str, download: bool, cache_dir: Path | None,
     verify: str, mirror: str,
@@ -239,18 +260,14 @@ def _load_set(
         return _decode_source(source, set_name, size, resample)
     key = f"{set_name}-{digest[:16]}-{size}px-{resample}-v{_CACHE_VERSION}"
     array_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_path.is_file() and meta_path.is_file():
-        try:
-            names = json.loads(meta_path.read_text(encoding="utf-8"))["names"]
-            images = np.load(array_path, mmap_mode="r")
-            if images.shape[0] == len(names) and images.shape[2:] == (size, size):
-                return _Decoded(images, names)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache entry: rebuild it below
+    cached = _read_cache(array_path, meta_path, size)
+    if cached is not None:
+        return cached
     decoded = _decode_source(source, set_name, size, resample)
     try:
         save_npy_atomic(array_path, decoded.images)
         write_text_atomic(meta_path, json.dumps({"source": str(source), "sha256": digest,
+                                                 "array_sha256": sha256_file(array_path),
                                                  "names": decoded.names}))
     except OSError as error:
         warnings.warn(

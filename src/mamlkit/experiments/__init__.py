@@ -34,6 +34,8 @@ class Experiment:
     derived_defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     """Defaults that depend on other settings (e.g. Omniglot's 20-way meta-batch): called with
     the merged settings, see :meth:`defaults_for`."""
+    check: Callable[[TrainConfig], None] | None = None
+    """Raises ``ValueError`` for settings this experiment cannot honour (run before any work)."""
 
     def defaults_for(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The experiment's defaults given the values the user chose (config file and options).

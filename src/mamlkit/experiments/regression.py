@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mamlkit.algorithms import algorithm_label
-from mamlkit.checkpoint import load_checkpoint
+from mamlkit.checkpoint import load_weights
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import adaptation_curve, summarize_curve
@@ -47,20 +47,28 @@ def _baseline_config(config: TrainConfig) -> TrainConfig:
                           "iterations": iterations, "seed": config.seed + 1})
 
 
+def check(config: TrainConfig) -> None:
+    """Regression has one model, the paper's 1-40-40-1 MLP: refuse settings that would pick another."""
+    if config.model not in ("", "mlp") or config.hidden:
+        raise ValueError(f"{config.task} uses the paper's 1-40-40-1 MLP; --model "
+                         f"{config.model or 'mlp'} and --hidden {config.hidden} do not apply. Drop "
+                         "these options.")
+
+
 def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Meta-train the MAML initialisation, then the pretrained baseline, into ``run_dir``."""
+    check(config)
     save_config(config, run_dir)
     summary: dict[str, Any] = {}
     runs = [("maml", config), ("pretrained", _baseline_config(config))]
     for name, cfg in runs:
         sub = run_dir / name
-        sub_resume = resume and (sub / "checkpoints" / "last.pt").is_file()
         setup_torch(cfg)
         learner = build_learner(cfg, sinusoid_mlp(), "mse").to(cfg.device)
         val = _tasks(cfg).fixed_tasks(cfg.val_tasks, VAL_SEED)
         start = time.perf_counter()
         title = f"meta-train {cfg.task}" if name == "maml" else f"pretrained baseline {cfg.task}"
-        result = meta_train(learner, _tasks(cfg), cfg, sub, val_batch=val, resume=sub_resume,
+        result = meta_train(learner, _tasks(cfg), cfg, sub, val_batch=val, resume=resume,
                             title=title)
         summary[name] = {"iterations": result.iteration, "train_seconds": result.elapsed_s,
                          "wall_seconds": time.perf_counter() - start,
@@ -77,9 +85,7 @@ def _load(config: TrainConfig, run_dir: Path, name: str, inner_lr: float) -> Met
     setup_torch(config)
     learner = build_learner(config, sinusoid_mlp(), "mse", inner_lr=inner_lr,
                             inner_steps=config.eval_inner_steps).to(config.device)
-    ckpt = run_dir / name / "checkpoints" / "best.pt"
-    state = load_checkpoint(ckpt, map_location=config.device)["learner"]
-    learner.load_state_dict(state)
+    load_weights(learner, run_dir / name / "checkpoints" / "best.pt", config.device)
     return learner
 
 
@@ -171,6 +177,7 @@ SINUSOID = Experiment(
               "eval_shots": [5, 10, 20]},
     train=train,
     evaluate=evaluate,
+    check=check,
 )
 
 LINEAR = Experiment(
@@ -180,4 +187,5 @@ LINEAR = Experiment(
               "inner_lr": 0.1, "eval_shots": [1, 2, 5], "val_every": 500},
     train=train,
     evaluate=evaluate,
+    check=check,
 )

@@ -355,7 +355,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     sub = run_dir / "maml"
     start = time.perf_counter()
     result = meta_train(learner, tasks, config, sub, val_batch=val.to(config.device),
-                        resume=resume and (sub / "checkpoints" / "last.pt").is_file())
+                        resume=resume)
     summary["maml"] = _summary(result, time.perf_counter() - start)
     if config.plots and (sub / "metrics.csv").is_file():
         _learning_curve(sub, run_dir, config)
@@ -369,7 +369,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         sub = run_dir / "pretrained"
         start = time.perf_counter()
         result = meta_train(learner, batches, base, sub, title=f"pretrained baseline {config.task}",
-                            resume=resume and (sub / "checkpoints" / "last.pt").is_file())
+                            resume=resume)
         summary["pretrained"] = _summary(result, time.perf_counter() - start)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
