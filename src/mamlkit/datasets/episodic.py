@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mamlkit.datasets.lazy import LazyExamples
 from mamlkit.tasks.base import TaskBatch
 
 Transform = Callable[[Tensor], Tensor]
@@ -59,7 +60,7 @@ class _Storage:
     stay fast when the CPUs are busy (torch's intra-op threads can stall on a loaded machine).
     """
 
-    flat: np.ndarray
+    flat: np.ndarray | LazyExamples  # both answer ``take(indices, axis=0)``
     offsets: np.ndarray  # [classes] int64: index of each class's first example in ``flat``
     counts: np.ndarray  # [classes] int64: number of examples of each class
 
@@ -73,7 +74,13 @@ class _Storage:
 
 
 def _storage_from(class_data: Any) -> _Storage:
-    """Flatten ``class_data`` (dense ``[C, E, ...]`` or a list of ``[n_c, ...]``) into storage."""
+    """Flatten ``class_data`` (dense ``[C, E, ...]``, a list of ``[n_c, ...]`` or
+    :class:`~mamlkit.datasets.lazy.LazyExamples`, read on demand) into storage."""
+    if isinstance(class_data, LazyExamples):
+        if class_data.num_classes == 0 or (class_data.counts == 0).any():
+            raise ValueError("lazy class data has a class without examples; drop empty classes.")
+        _check_dtype(np.empty(0, dtype=class_data.dtype))
+        return _Storage(class_data, class_data.offsets, class_data.counts)
     if isinstance(class_data, (Tensor, np.ndarray)):
         data = _as_array(class_data)
         if data.ndim < 2:
@@ -178,7 +185,9 @@ class EpisodeIndices:
 class EpisodeSampler:
     """Draws meta-batches of N-way K-shot classification episodes from class-grouped data.
 
-    ``class_data`` is either a dense CPU tensor/ndarray ``[classes, examples_per_class, ...]``
+    ``class_data`` is a :class:`~mamlkit.datasets.lazy.LazyExamples` (image folders, any torch or
+    Hugging Face dataset: only the examples an episode uses are loaded), or a dense CPU
+    tensor/ndarray ``[classes, examples_per_class, ...]``
     (uint8 images, other integer data such as token ids, or float features; memory maps work and
     are read lazily) or a list of per-class tensors ``[n_c, ...]`` of varying length.
     :meth:`sample` returns a :class:`mamlkit.TaskBatch` with ``support_x [tasks, ways*shots,
@@ -210,6 +219,22 @@ class EpisodeSampler:
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # picklable for DataLoader workers started by spawn/forkserver (a lock is not)
+        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        state["_generator"] = self._generator.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(state.pop("_generator"))
+        self.__dict__.update(state, _generator=generator, _lock=threading.Lock())
+
+    @property
+    def class_sizes(self) -> np.ndarray:
+        """Examples per class."""
+        return self._storage.counts
 
     # ------------------------------------------------------------------ properties
     @property
@@ -252,7 +277,7 @@ class EpisodeSampler:
         """The :class:`TaskBatch` for pre-drawn episode indices (one gather for all images)."""
         tasks = len(indices)
         shape = self.example_shape
-        x = np.take(self._storage.flat, indices.examples.numpy().reshape(-1), axis=0)
+        x = self._storage.flat.take(indices.examples.numpy().reshape(-1), axis=0)
         x = x.reshape(tasks, self.ways, self.shots + self.queries, *shape)
         # scaling a strided view writes a fresh contiguous array: no extra uint8 copy
         support_x = _to_tensor(x[:, :, : self.shots]).reshape(tasks, self.ways * self.shots, *shape)

@@ -34,6 +34,9 @@ class Experiment:
     derived_defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     """Defaults that depend on other settings (e.g. Omniglot's 20-way meta-batch): called with
     the merged settings, see :meth:`defaults_for`."""
+    check: Callable[[TrainConfig], None] | None = None
+    """Reads and checks the data a run would use (``ValueError`` naming the problem), so that a
+    run folder is created only for data that can be trained on."""
 
     def defaults_for(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The experiment's defaults given the values the user chose (config file and options).
@@ -55,6 +58,7 @@ _REGISTRY: dict[str, str] = {
     "clinc150": "mamlkit.experiments.text:CLINC150",
     "fewrel": "mamlkit.experiments.text:FEWREL",
     "omniglot": "mamlkit.experiments.vision:OMNIGLOT",
+    "images": "mamlkit.experiments.images:IMAGES",
     "miniimagenet": "mamlkit.experiments.vision:MINIIMAGENET",
     "cifar-fs": "mamlkit.experiments.vision:CIFAR_FS",
     "nav2d": "mamlkit.experiments.rl:NAV2D",

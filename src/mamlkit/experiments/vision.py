@@ -51,6 +51,7 @@ from mamlkit.experiments.vision_data import (  # noqa: F401 - the public names o
     ImageDataset,
     baseline_config,
     build_model,
+    check_data,
     check_episodes,
     class_split,
     classifier_batch_size,
@@ -60,6 +61,7 @@ from mamlkit.experiments.vision_data import (  # noqa: F401 - the public names o
     head_names,
     load_all,
     load_split,
+    resolve_config,
 )
 from mamlkit.experiments.vision_eval import (  # noqa: F401
     FINE_TUNE_LRS,
@@ -85,8 +87,11 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Meta-train MAML, then the pretrained classifier baseline, into ``run_dir``.
 
     Every dataset split is loaded and checked against the episode shape first, so bad input
-    fails before any training.
+    fails before any training. ``--workers N`` builds the meta-training episodes in N DataLoader
+    processes (:class:`~mamlkit.datasets.loader.EpisodeLoader`); an empty validation split
+    (``--class-split 0.7,0,0.3``) keeps the last checkpoint as the best one.
     """
+    config = resolve_config(config)
     data = load_all(config)
     build_model(config, config.ways)  # model errors before training too
     save_config(config, run_dir)
@@ -96,17 +101,23 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     learner = build_learner(config, build_model(config, config.ways), "cross_entropy")
     learner = learner.to(config.device)
     tasks = data["train"].sampler(config.ways, config.shots, config.queries, seed=config.seed)
-    val = data["val"].sampler(config.ways, config.shots, eval_queries(config)).fixed_episodes(
-        config.val_tasks, VAL_SEED, meta_batch_size=config.val_tasks).all()
+    if config.workers:
+        from mamlkit.datasets.loader import EpisodeLoader
+
+        tasks = EpisodeLoader(tasks, config.meta_batch_size, config.workers, seed=config.seed)
+    val = None
+    if len(data["val"]):
+        val = data["val"].sampler(config.ways, config.shots, eval_queries(config)).fixed_episodes(
+            config.val_tasks, VAL_SEED, meta_batch_size=config.val_tasks).all().to(config.device)
     sub = run_dir / "maml"
     start = time.perf_counter()
-    result = meta_train(learner, tasks, config, sub, val_batch=val.to(config.device),
+    result = meta_train(learner, tasks, config, sub, val_batch=val,
                         resume=resume and (sub / "checkpoints" / "last.pt").is_file())
     summary["maml"] = _summary(result, time.perf_counter() - start)
     if config.plots and (sub / "metrics.csv").is_file():
         _learning_curve(sub, run_dir)
 
-    if not summary["maml"]["stopped"]:
+    if not summary["maml"]["stopped"] and config.baseline == "pretrained":
         base = baseline_config(config)
         setup_torch(base)
         model = build_model(config, len(data["train"]))
@@ -163,6 +174,7 @@ OMNIGLOT = Experiment(
     train=train,
     evaluate=evaluate,
     derived_defaults=omniglot_defaults,
+    check=check_data,
 )
 
 _MINI = {**_COMMON, "queries": 15, "inner_lr": 0.01, "inner_steps": 5, **MINIIMAGENET_BY_SHOTS[1]}
@@ -174,6 +186,7 @@ MINIIMAGENET = Experiment(
     train=train,
     evaluate=evaluate,
     derived_defaults=miniimagenet_defaults,
+    check=check_data,
 )
 
 CIFAR_FS = Experiment(
@@ -183,4 +196,5 @@ CIFAR_FS = Experiment(
     train=train,
     evaluate=evaluate,
     derived_defaults=miniimagenet_defaults,
+    check=check_data,
 )

@@ -36,7 +36,7 @@ OFFICIAL_VAL_SEED = 0
 class ImageDataset:
     """How an experiment finds, loads and models one image dataset.
 
-    ``load(folder, role, class_split, download)`` returns the :class:`ClassImages` of one role
+    ``load(config, folder, role)`` returns the :class:`ClassImages` of one role
     (``train``/``val``/``test``); ``folder`` is ``<data root>/<folder>``.
     """
 
@@ -53,9 +53,13 @@ class ImageDataset:
     hidden: int
     """Filters per convolution of MAML's network for this dataset."""
     class_splits: tuple[str, ...]
-    """Accepted ``--class-split`` values, the default first."""
-    load: Callable[[Path, str, str, bool], ClassImages]
-    """``load(folder, role, class_split, download)``."""
+    """Accepted ``--class-split`` values, the default first (empty: any form
+    :func:`mamlkit.datasets.class_split.split_classes` reads)."""
+    load: Callable[[TrainConfig, Path, str], ClassImages]
+    """``load(config, folder, role)``."""
+    resolve: Callable[[TrainConfig], TrainConfig] | None = None
+    """Fills in settings that depend on the data (e.g. channels read from the images) before a
+    run saves its configuration."""
 
 
 class ClassSubset(ClassImages):
@@ -67,10 +71,11 @@ class ClassSubset(ClassImages):
         self.split = split
 
 
-def _load_omniglot(folder: Path, role: str, class_split: str, download: bool) -> ClassImages:
+def _load_omniglot(config: TrainConfig, folder: Path, role: str) -> ClassImages:
     from mamlkit.datasets.omniglot import PAPER_ROTATIONS, Omniglot
 
-    if class_split == "paper":
+    download = config.download
+    if class_split(config) == "paper":
         return Omniglot(folder, split=role, rotations=PAPER_ROTATIONS, download=download)
     if role == "test":
         return Omniglot(folder, split="evaluation", rotations=PAPER_ROTATIONS, download=download)
@@ -82,16 +87,16 @@ def _load_omniglot(folder: Path, role: str, class_split: str, download: bool) ->
     return ClassSubset(np.ascontiguousarray(background.images[keep]), names, f"background-{role}")
 
 
-def _load_miniimagenet(folder: Path, role: str, class_split: str, download: bool) -> ClassImages:
+def _load_miniimagenet(config: TrainConfig, folder: Path, role: str) -> ClassImages:
     from mamlkit.datasets.miniimagenet import MiniImageNet
 
-    return MiniImageNet(folder, split=role, download=download)
+    return MiniImageNet(folder, split=role, download=config.download)
 
 
-def _load_cifar_fs(folder: Path, role: str, class_split: str, download: bool) -> ClassImages:
+def _load_cifar_fs(config: TrainConfig, folder: Path, role: str) -> ClassImages:
     from mamlkit.datasets.cifar_fs import CIFARFS
 
-    return CIFARFS(folder, split=role, download=download)
+    return CIFARFS(folder, split=role, download=config.download)
 
 
 DATASETS: dict[str, ImageDataset] = {
@@ -107,17 +112,41 @@ DATASETS: dict[str, ImageDataset] = {
 """Experiment name -> its dataset."""
 
 
+def is_image_task(task: str) -> bool:
+    """Whether ``task`` is one of the image experiments (built-in datasets or ``images``)."""
+    return task in DATASETS or task == "images"
+
+
 def dataset_spec(config: TrainConfig) -> ImageDataset:
-    """The :class:`ImageDataset` of ``config.task``."""
+    """The :class:`ImageDataset` of ``config.task`` (the ``images`` task's depends on the
+    image options)."""
+    if config.task == "images":
+        from mamlkit.experiments.images import images_spec
+
+        return images_spec(config)
     if config.task not in DATASETS:
         raise ValueError(f"{config.task!r} is not an image experiment; use one of "
                          f"{', '.join(DATASETS)}.")
     return DATASETS[config.task]
 
 
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the dataset's data-dependent settings filled in (see
+    :attr:`ImageDataset.resolve`)."""
+    spec = dataset_spec(config)
+    return spec.resolve(config) if spec.resolve else config
+
+
+def check_data(config: TrainConfig) -> None:
+    """Load and check every split before a run folder is made (``Experiment.check``)."""
+    load_all(resolve_config(config))
+
+
 def class_split(config: TrainConfig) -> str:
     """The class split to use: ``config.class_split``, or the dataset's first (default) one."""
     spec = dataset_spec(config)
+    if not spec.class_splits:
+        return config.class_split
     chosen = config.class_split or spec.class_splits[0]
     if chosen not in spec.class_splits:
         raise ValueError(f"--class-split {chosen!r} is not a split of {spec.name}; use one of "
@@ -132,6 +161,13 @@ def data_folder(config: TrainConfig) -> Path:
     ``--download`` is off.
     """
     spec = dataset_spec(config)
+    if not spec.folder:  # your own tree: the data root is the tree itself
+        folder = Path(config.data_root).expanduser()
+        if not config.data_root or not folder.is_dir():
+            raise FileNotFoundError(
+                f"the {config.task} task needs --data-root DIR, a folder laid out "
+                f"DIR/<class>/<image>{f' ({folder} does not exist)' if config.data_root else ''}.")
+        return folder
     root = config.data_root or os.environ.get("MAMLKIT_DATA", "")
     if not root:
         raise FileNotFoundError(
@@ -150,7 +186,7 @@ def load_split(config: TrainConfig, role: str) -> ClassImages:
     spec = dataset_spec(config)
     folder = data_folder(config)
     try:
-        return spec.load(folder, role, class_split(config), config.download)
+        return spec.load(config, folder, role)
     except FileNotFoundError as error:
         raise FileNotFoundError(
             f"{error} (From the command line: put the files into {folder}, point --data-root at "
@@ -166,6 +202,7 @@ def check_episodes(config: TrainConfig, data: Mapping[str, ClassImages]) -> None
     """Raise ``ValueError`` before any training when a split cannot give the episodes asked for:
     fewer classes than ``ways`` or fewer examples per class than shots plus queries."""
     spec = dataset_spec(config)
+    data = {role: images for role, images in data.items() if len(images) or role != "val"}
     for role, images in data.items():
         if len(images) < config.ways:
             raise ValueError(
@@ -174,15 +211,16 @@ def check_episodes(config: TrainConfig, data: Mapping[str, ClassImages]) -> None
     for role, images in data.items():
         queries = config.queries if role == "train" else eval_queries(config)
         flag = "--queries" if role == "train" else "--eval-queries"
-        counts = ([len(c) for c in images.images] if isinstance(images.images, list)
-                  else [images.images.shape[1]])
-        smallest = min(counts)
+        counts = images.class_sizes()
+        smallest = int(counts.min())
         if config.shots + queries > smallest:
+            small = [images.class_names[i] for i in np.flatnonzero(counts < config.shots + queries)]
             raise ValueError(
                 f"shots + queries = {config.shots} + {queries} = {config.shots + queries} "
-                f"examples per class are needed in the meta-{role} split of {spec.name}, but a "
-                f"class there has only {smallest}; lower --shots or {flag} so that their sum is "
-                f"at most {smallest}.")
+                f"examples per class are needed in the meta-{role} split of {spec.name}, but "
+                f"{len(small)} class(es) there have fewer (e.g. {small[0]!r} with {smallest}); "
+                f"lower --shots or {flag} so that their sum is at most {smallest}, or remove "
+                "those classes.")
 
 
 def load_all(config: TrainConfig, roles: tuple[str, ...] = ROLES) -> dict[str, ClassImages]:
@@ -238,12 +276,12 @@ class ClassifierBatches:
             raise ValueError(f"batch_size must be >= 2 (support and query halves), got "
                              f"{batch_size}.")
         images = data.images
-        if isinstance(images, list):
-            self.flat = np.concatenate(images)
-            self.labels = np.concatenate([np.full(len(c), i) for i, c in enumerate(images)])
-        else:
+        if isinstance(images, np.ndarray):
             self.flat = images.reshape(-1, *images.shape[2:])
-            self.labels = np.repeat(np.arange(images.shape[0]), images.shape[1])
+        else:  # ragged classes in memory, or images read on demand
+            self.flat = np.concatenate(images) if isinstance(images, list) else images
+        self.labels = np.repeat(np.arange(len(data)), data.class_sizes())
+        self.transform = data.transform
         self.num_classes = len(data)
         self.batch_size = batch_size
         self.seed = seed
@@ -253,8 +291,10 @@ class ClassifierBatches:
         """``num_tasks`` mini-batches of random images with their class labels."""
         rows = torch.randint(len(self.flat), (num_tasks, self.batch_size),
                              generator=self.generator).numpy()
-        x = torch.from_numpy(np.take(self.flat, rows.reshape(-1), axis=0))
+        x = torch.from_numpy(self.flat.take(rows.reshape(-1), axis=0))
         x = x.float().div_(255.0).view(num_tasks, self.batch_size, *self.flat.shape[1:])
+        if self.transform is not None:
+            x = self.transform(x)
         y = torch.from_numpy(self.labels[rows].astype(np.int64))
         half = self.batch_size // 2
         return TaskBatch(x[:, :half], y[:, :half], x[:, half:], y[:, half:], info={})
