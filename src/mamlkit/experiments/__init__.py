@@ -34,6 +34,8 @@ class Experiment:
     derived_defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     """Defaults that depend on other settings (e.g. Omniglot's 20-way meta-batch): called with
     the merged settings, see :meth:`defaults_for`."""
+    load: Callable[[TrainConfig, Path], Any] | None = None
+    """``load(config, run_dir)``: the run's trained learner (for :func:`mamlkit.load_run`)."""
     check: Callable[[TrainConfig], None] | None = None
     """Reads and checks the data a run would use (``ValueError`` naming the problem), so that a
     run folder is created only for data that can be trained on."""

@@ -30,7 +30,7 @@ from mamlkit.datasets.image_folder import (
 from mamlkit.experiments import Experiment
 from mamlkit.experiments.vision import _COMMON, OMNIGLOT_BY_WAYS, omniglot_defaults, train
 from mamlkit.experiments.vision_data import ImageDataset, data_folder, load_all
-from mamlkit.experiments.vision_eval import evaluate
+from mamlkit.experiments.vision_eval import evaluate, maml_learner
 
 DEFAULT_IMAGE_SIZE = 28
 """Side of the images when ``--image-size`` is not given (MAML's Omniglot size)."""
@@ -105,4 +105,5 @@ IMAGES = Experiment(
     evaluate=evaluate,
     derived_defaults=omniglot_defaults,
     check=check,
+    load=maml_learner,
 )

@@ -162,6 +162,7 @@ SINUSOID = Experiment(
               "eval_shots": [5, 10, 20]},
     train=train,
     evaluate=evaluate,
+    load=lambda config, run_dir: _load(config, run_dir, "maml", config.inner_lr),
 )
 
 LINEAR = Experiment(
@@ -171,4 +172,5 @@ LINEAR = Experiment(
               "inner_lr": 0.1, "eval_shots": [1, 2, 5], "val_every": 500},
     train=train,
     evaluate=evaluate,
+    load=lambda config, run_dir: _load(config, run_dir, "maml", config.inner_lr),
 )

@@ -175,6 +175,7 @@ OMNIGLOT = Experiment(
     evaluate=evaluate,
     derived_defaults=omniglot_defaults,
     check=check_data,
+    load=maml_learner,
 )
 
 _MINI = {**_COMMON, "queries": 15, "inner_lr": 0.01, "inner_steps": 5, **MINIIMAGENET_BY_SHOTS[1]}
@@ -187,6 +188,7 @@ MINIIMAGENET = Experiment(
     evaluate=evaluate,
     derived_defaults=miniimagenet_defaults,
     check=check_data,
+    load=maml_learner,
 )
 
 CIFAR_FS = Experiment(
@@ -197,4 +199,5 @@ CIFAR_FS = Experiment(
     evaluate=evaluate,
     derived_defaults=miniimagenet_defaults,
     check=check_data,
+    load=maml_learner,
 )
