@@ -80,6 +80,9 @@ def experiment_names() -> list[str]:
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``; ``ValueError`` listing the known names otherwise."""
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown task {name!r}. Known tasks: {', '.join(experiment_names())}.")
+        hint = (f" For a folder of images use: mamlkit train images --data-root {name}"
+                if Path(name).expanduser().is_dir() else "")
+        raise ValueError(f"Unknown task {name!r}. Known tasks: {', '.join(experiment_names())}."
+                         + hint)
     module, attribute = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), attribute)
