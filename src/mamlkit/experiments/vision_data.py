@@ -184,6 +184,7 @@ def data_folder(config: TrainConfig) -> Path:
 def load_split(config: TrainConfig, role: str) -> ClassImages:
     """The images of one role (``train``/``val``/``test``) of the experiment's dataset."""
     spec = dataset_spec(config)
+    class_split(config)  # an unknown split name is refused before any file is read
     folder = data_folder(config)
     try:
         return spec.load(config, folder, role)
@@ -214,13 +215,13 @@ def check_episodes(config: TrainConfig, data: Mapping[str, ClassImages]) -> None
         counts = images.class_sizes()
         smallest = int(counts.min())
         if config.shots + queries > smallest:
-            small = [images.class_names[i] for i in np.flatnonzero(counts < config.shots + queries)]
+            small = [i for i in np.flatnonzero(counts < config.shots + queries)]
             raise ValueError(
                 f"shots + queries = {config.shots} + {queries} = {config.shots + queries} "
-                f"examples per class are needed in the meta-{role} split of {spec.name}, but "
-                f"{len(small)} class(es) there have fewer (e.g. {small[0]!r} with {smallest}); "
-                f"lower --shots or {flag} so that their sum is at most {smallest}, or remove "
-                "those classes.")
+                f"examples per class are needed in the meta-{role} split of {spec.name}, but a "
+                f"class there has only {smallest}; lower --shots or {flag} so that their sum is "
+                f"at most {smallest}, or remove the {len(small)} smaller class(es) (e.g. "
+                f"{images.class_names[small[0]]!r} with {int(counts[small[0]])} examples).")
 
 
 def load_all(config: TrainConfig, roles: tuple[str, ...] = ROLES) -> dict[str, ClassImages]:
