@@ -196,7 +196,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"{flags}: evaluating on other data or ways is supported for image "
                              f"runs; {args.run_dir} is a {saved.get('task')!r} run. Drop {flags}.")
         config = make_config(saved, overrides)
+        earlier = (args.run_dir / "eval" / "results.json").is_file()
         get_experiment(config.task).evaluate(config, args.run_dir)
+        if earlier:
+            print(f"results: {args.run_dir / 'eval' / 'results.json'} (replaces the earlier "
+                  "evaluation's file)")
         return 0
     if args.benchmark:  # --data-root then says where the benchmark's files are
         from mamlkit.experiments.omniglot_runs import evaluate_lake_runs

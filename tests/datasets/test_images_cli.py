@@ -116,3 +116,18 @@ def test_parsers_take_no_abbreviations_and_eval_lists_evaluation_options(capsys)
     text = capsys.readouterr().out
     assert "--ways" in text and "--benchmark" in text and "--baseline" in text
     assert "--meta-lr" not in text and "--iterations" not in text and "--encoder" not in text
+
+
+def test_rgb_tree_with_dataset_normalisation_workers_and_resume(trees, tmp_path) -> None:
+    run = tmp_path / "rgb"
+    argv = ["train", "images", "--data-root", str(trees["other"]), "--run-dir", str(run),
+            "--class-split", "3,0,3", "--ways", "3", "--normalize", "dataset", "--workers", "2",
+            "--baseline", "none", "--cache-dir", str(trees["cache"]), *TINY]
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    mean, std = config["normalize"].split(":")
+    assert config["channels"] == 3 and len(mean.split(",")) == len(std.split(",")) == 3
+    assert set(json.loads((run / "eval" / "results.json").read_text())["accuracy"]) == \
+        {"MAML", "random init"}
+    assert main([*argv[:6], "--resume", "--iterations", "3", "--no-eval", "--threads", "1"]) == 0
+    assert json.loads((run / "train_summary.json").read_text())["maml"]["iterations"] == 3

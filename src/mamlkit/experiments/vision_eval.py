@@ -29,6 +29,7 @@ from mamlkit.experiments.vision_data import (
     head_names,
     load_all,
     load_split,
+    resolve_config,
 )
 
 FINE_TUNE_LRS = (0.01, 0.04, 0.1, 0.4)
@@ -229,6 +230,7 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     if not best.is_file():
         raise FileNotFoundError(f"{best} does not exist; train the run first (mamlkit train "
                                 "... --run-dir) or pass the folder of a finished run.")
+    config = resolve_config(config)  # e.g. channels read from the images, as the run saved them
     trained = trained_config(run_dir) if (run_dir / "config.json").is_file() else config
     network = _network_config(config, trained)
     test_data = load_all(config, ("test",))["test"]
