@@ -141,7 +141,7 @@ def part_throughput(args: argparse.Namespace) -> list[str]:
     for workers in (0, 2):
         for state in ("cold", "warm"):
             if state == "cold":
-                for entry in cache.glob("??/*.npy"):
+                for entry in cache.glob("??/*.u8"):
                     entry.unlink()
             sampler = EpisodeSampler(examples, ways, shots, queries)
             loader = EpisodeLoader(sampler, tasks, num_workers=workers, seed=workers)

@@ -34,11 +34,11 @@ def test_folder_images_are_decoded_lazily_through_a_content_cache(digits_tree, t
     folder = ImageFolder(digits_tree, ImageOptions(size=16), cache_dir=tmp_path / "cache")
     assert folder.summary.classes == 10 and folder.summary.images == 300
     examples = folder.examples()
-    assert not list((tmp_path / "cache").glob("??/*.npy"))  # nothing decoded by the scan
+    assert not list((tmp_path / "cache").glob("??/*.u8"))  # nothing decoded by the scan
     sampler = EpisodeSampler(examples, ways=5, shots=1, queries=2, seed=0)
     batch = sampler.sample(3)
     assert batch.support_x.shape == (3, 5, 1, 16, 16) and batch.query_x.shape == (3, 10, 1, 16, 16)
-    assert len(list((tmp_path / "cache").glob("??/*.npy"))) <= 3 * 5 * 3
+    assert len(list((tmp_path / "cache").glob("??/*.u8"))) <= 3 * 5 * 3
     # each image equals an independent decode of its file; a label names its class folder
     classes = batch.info["classes"][0]
     path = folder.classes[folder.class_names[int(classes[0])]]

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,27 +192,37 @@ def scan_tree(root: Path, cache_dir: Path, on_bad_image: str = "stop"
     return classes, summary
 
 
+MEMORY_CACHE_MIB = 64.0
+"""Default bound of the in-memory copies of recently read images, per process."""
+
+
 class FolderExamples(LazyExamples):
-    """Images of some classes of a folder tree, decoded on demand through the on-disk cache."""
+    """Images of some classes of a folder tree, decoded on demand through the on-disk cache.
+
+    Recently read images are also kept in memory, up to ``memory_cache_mib`` (least recently
+    used dropped first), so a dataset that fits is read from disk once per process and a larger
+    one stays within that bound.
+    """
 
     def __init__(self, classes: dict[str, list[tuple[str, str]]], options: ImageOptions,
-                 cache_dir: Path, transform: ExampleTransform | None = None) -> None:
+                 cache_dir: Path, transform: ExampleTransform | None = None,
+                 memory_cache_mib: float = MEMORY_CACHE_MIB) -> None:
         self.class_names = list(classes)
         self.counts = np.array([len(m) for m in classes.values()], dtype=np.int64)
         members = [m for c in classes.values() for m in c]
         self.paths = [p for p, _ in members]
         self.keys = [k for _, k in members]
         self.options, self.cache_dir, self.transform = options, Path(cache_dir), transform
+        shape = (options.channels, options.size, options.size)
+        self._shape, self._bytes = shape, int(np.prod(shape))
+        self._capacity = int(memory_cache_mib * 2 ** 20) // self._bytes
+        self._recent: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def cached(self, index: int) -> np.ndarray:
-        """Image ``index`` preprocessed (uint8 ``[C, S, S]``), decoded once then read from the
-        cache entry named by the file's sha256 and :meth:`ImageOptions.key`."""
+    def _entry(self, index: int) -> Path:
         key = self.keys[index]
-        entry = self.cache_dir / key[:2] / f"{key}-{self.options.key()}.npy"
-        try:
-            return np.load(entry)
-        except (OSError, ValueError):
-            pass
+        return self.cache_dir / key[:2] / f"{key}-{self.options.key()}.u8"
+
+    def _decode(self, index: int) -> np.ndarray:
         from PIL import Image
 
         path = self.paths[index]
@@ -221,15 +232,37 @@ class FolderExamples(LazyExamples):
         except (OSError, ValueError, SyntaxError) as error:
             raise ValueError(f"cannot decode image {path} ({type(error).__name__}: {error}); "
                              "delete or replace it.") from None
+        entry = self._entry(index)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, array)
+        tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(array.tobytes())
         tmp.replace(entry)  # atomic: workers never read a half-written entry
+        return array
+
+    def cached(self, index: int) -> np.ndarray:
+        """Image ``index`` preprocessed (uint8 ``[C, S, S]``): from memory, else from the cache
+        entry named by the file's sha256 and :meth:`ImageOptions.key`, else decoded (once)."""
+        array = self._recent.get(index)
+        if array is not None:
+            self._recent.move_to_end(index)
+            return array
+        try:
+            data = self._entry(index).read_bytes()
+        except OSError:
+            data = b""
+        if len(data) == self._bytes:
+            array = np.frombuffer(data, dtype=np.uint8).reshape(self._shape)
+        else:  # absent (or cut short by a crash): decode again
+            array = self._decode(index)
+        if self._capacity:
+            self._recent[index] = array
+            if len(self._recent) > self._capacity:
+                self._recent.popitem(last=False)
         return array
 
     def load(self, index: int) -> np.ndarray:
         """Image ``index``, with the per-example ``transform`` applied when one is given."""
-        array = self.cached(index)
+        array = self.cached(index).copy() if self.transform is not None else self.cached(index)
         return array if self.transform is None else _as_numpy(self.transform(array))
 
 
