@@ -215,7 +215,7 @@ def check_episodes(config: TrainConfig, data: Mapping[str, ClassImages]) -> None
         counts = images.class_sizes()
         smallest = int(counts.min())
         if config.shots + queries > smallest:
-            small = [i for i in np.flatnonzero(counts < config.shots + queries)]
+            small = np.flatnonzero(counts < config.shots + queries)
             raise ValueError(
                 f"shots + queries = {config.shots} + {queries} = {config.shots + queries} "
                 f"examples per class are needed in the meta-{role} split of {spec.name}, but a "
