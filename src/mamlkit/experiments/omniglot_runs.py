@@ -38,7 +38,7 @@ from mamlkit.datasets.omniglot_runs import (
 )
 from mamlkit.evaluate import episode_scores, mean_ci
 from mamlkit.experiments.vision_data import class_split
-from mamlkit.experiments.vision_eval import _network_config, load_maml, trained_config
+from mamlkit.experiments.vision_eval import load_maml, network_config, trained_config
 from mamlkit.tasks.base import TaskBatch
 
 HUMAN_ERROR, BPL_ERROR = 0.045, 0.033
@@ -97,7 +97,7 @@ def evaluate_lake_runs(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     trained = trained_config(run_dir)
     path = find_all_runs(config.data_root, trained.data_root)
     check_unseen(trained, path)
-    network = _network_config(dataclasses.replace(trained, ways=WAYS, shots=1,
+    network = network_config(dataclasses.replace(trained, ways=WAYS, shots=1,
                                                   eval_inner_steps=config.eval_inner_steps,
                                                   device=config.device), trained)
     learner, note = load_maml(network, run_dir)

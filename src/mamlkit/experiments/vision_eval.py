@@ -177,7 +177,7 @@ def evaluation_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Train
     return config
 
 
-def _network_config(config: TrainConfig, trained: TrainConfig) -> TrainConfig:
+def network_config(config: TrainConfig, trained: TrainConfig) -> TrainConfig:
     """The run's network, with the evaluation's ways, steps and device."""
     network = dataclasses.replace(trained, ways=config.ways, shots=config.shots,
                                   eval_inner_steps=config.eval_inner_steps, device=config.device,
@@ -232,7 +232,7 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
                                 "... --run-dir) or pass the folder of a finished run.")
     config = resolve_config(config)  # e.g. channels read from the images, as the run saved them
     trained = trained_config(run_dir) if (run_dir / "config.json").is_file() else config
-    network = _network_config(config, trained)
+    network = network_config(config, trained)
     test_data = load_all(config, ("test",))["test"]
     steps, queries = config.eval_inner_steps, eval_queries(config)
     test = test_data.sampler(config.ways, config.shots, queries).fixed_episodes(
