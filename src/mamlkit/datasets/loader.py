@@ -111,8 +111,9 @@ class EpisodeLoader:
         prefetch_factor: batches each worker prepares ahead.
         task_transform: applied to each episode.
 
-    ``sample(n)`` returns the next ``n`` episodes; :meth:`state_dict` counts the episodes handed
-    out (not those workers prepared ahead), so a resumed loader continues the same stream.
+    ``sample(n)`` returns the next ``n`` episodes (another ``n`` than the last restarts the
+    workers with batches of ``n``); :meth:`state_dict` counts the episodes handed out (not those
+    workers prepared ahead), so a resumed loader continues the same stream.
     """
 
     def __init__(self, sampler: EpisodeSampler, meta_batch_size: int, num_workers: int = 0,
@@ -149,10 +150,11 @@ class EpisodeLoader:
 
     def sample(self, num_tasks: int) -> TaskBatch:
         """The next ``num_tasks`` episodes of the stream."""
-        if num_tasks != self.meta_batch_size:
-            raise ValueError(f"this EpisodeLoader makes batches of {self.meta_batch_size} "
-                             f"episodes, {num_tasks} were asked; build it with "
-                             f"meta_batch_size={num_tasks}.")
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}.")
+        if num_tasks != self.meta_batch_size:  # e.g. a rank's share of the meta-batch
+            self.close()
+            self.meta_batch_size = int(num_tasks)
         if self._batches is None:
             self._batches = self._iterator()
         batch = next(self._batches)
