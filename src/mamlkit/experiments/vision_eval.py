@@ -160,6 +160,8 @@ def evaluation_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Train
     network's input shape."""
     trained = make_config(saved)
     values = dict(overrides)
+    if values.get("task", trained.task) != trained.task:  # another family: not the run's files
+        values.setdefault("data_root", "")
     if values.get("task", trained.task) == "images" and trained.task != "images":
         spec = dataset_spec(trained)
         values = {"channels": spec.in_channels, "image_size": spec.image_size,
