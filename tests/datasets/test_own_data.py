@@ -198,3 +198,11 @@ def test_evaluate_episodes_scores_only_the_requested_steps() -> None:
     for step in (2, 6):
         assert result[step]["query_accuracy"].mean == pytest.approx(float(full[step].mean()))
         assert result[step]["query_accuracy"].n == 4
+
+
+def test_episode_loader_follows_the_batch_size_asked_for() -> None:
+    sampler = _augmented()
+    five = EpisodeLoader(sampler, 5, seed=3).sample(5)
+    split = EpisodeLoader(sampler, 3, seed=3)
+    parts = collate_tasks([split.sample(3), split.sample(2)])  # e.g. a rank's share
+    assert torch.equal(parts.query_x, five.query_x) and split.state_dict()["consumed"] == 5
