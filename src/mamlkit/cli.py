@@ -56,14 +56,37 @@ from mamlkit.faults import (
 from mamlkit.tracking import log_final_evaluation
 from mamlkit.train import NonFiniteError, autocast_factory, stop_code
 
+EVAL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "task": ("--task",), "data_root": ("--data-root",), "class_split": ("--class-split",),
+    "ways": ("--ways",), "shots": ("--shots",), "eval_queries": ("--queries", "--eval-queries"),
+    "test_tasks": ("--test-episodes", "--test-tasks"), "eval_inner_steps": ("--eval-inner-steps",),
+    "eval_shots": ("--eval-shots",), "baseline": ("--baseline",), "invert": ("--invert",),
+    "on_bad_image": ("--on-bad-image",), "cache_dir": ("--cache-dir",), "device": ("--device",),
+    "threads": ("--threads",), "batching": ("--batching",), "plots": ("--plots",),
+}
+"""Settings ``mamlkit eval`` takes (field -> flags); the rest were fixed by training."""
+EVAL_HELP = {
+    "task": "evaluate on another task family whose inputs fit the network (e.g. images)",
+    "data_root": "the evaluation data (with --task images: another image folder tree)",
+    "ways": "classes per episode; other than the trained number re-initialises the output "
+            "layer to zeros (noted in the output)",
+    "eval_queries": "query examples per class of the test episodes (0 = as many as shots)",
+    "test_tasks": "number of fixed meta-test episodes",
+    "baseline": "pretrained (also score the run's pretrained classifier) or none",
+}
+"""Help of the evaluation options that differ from the training meaning."""
 
-def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    group = parser.add_argument_group("configuration (override the experiment's defaults)")
-    docs = _field_docs()
-    for name in FIELDS:
+
+def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                        only: dict[str, tuple[str, ...]] | None = None) -> None:
+    title = ("evaluation settings (the rest are the run's)" if only
+             else "configuration (override the experiment's defaults)")
+    group = parser.add_argument_group(title)
+    docs = {**_field_docs(), **(EVAL_HELP if only else {})}
+    for name in (only or FIELDS):
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flags = only[name] if only else ("--" + name.replace("_", "-"),)
         kind = field_type(name)
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
                                   "help": docs.get(name, "")}
@@ -73,7 +96,7 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
             kwargs.update(nargs="+", type=int, metavar="N")
         else:
             kwargs.update(type=kind, metavar=kind.__name__.upper())
-        group.add_argument(flag, **kwargs)
+        group.add_argument(*flags, **kwargs)
 
 
 def _field_docs() -> dict[str, str]:
@@ -94,10 +117,12 @@ def _field_docs() -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mamlkit`` command."""
     parser = argparse.ArgumentParser(
-        prog="mamlkit", description="Model-agnostic meta-learning (MAML and its family).")
+        prog="mamlkit", description="Model-agnostic meta-learning (MAML and its family).",
+        allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train on a task family, then evaluate",
+                           allow_abbrev=False,
                            description="Meta-train, evaluate with the paper's protocol, and save "
                                        "checkpoints, metrics and plots into the run directory.")
     train.add_argument("task", help=f"task family: {', '.join(experiment_names())}")
@@ -110,11 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_config_options(train, skip=("task",))
 
-    evaluate = sub.add_parser("eval", help="evaluate a trained run with the paper's protocol")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a trained run with the paper's protocol", allow_abbrev=False,
+        description="Evaluate a trained run on its meta-test split, on another dataset "
+                    "(--task, --data-root), or on Lake et al.'s 20 one-shot runs (--benchmark).")
     evaluate.add_argument("run_dir", type=Path, help="folder of a training run")
-    _add_config_options(evaluate, skip=("task",))
+    evaluate.add_argument("--benchmark", choices=("omniglot-20runs",),
+                          help="Lake et al.'s (Science 2015) 20 runs of 20-way within-alphabet "
+                               "one-shot classification (all_runs.zip under --data-root/omniglot)")
+    _add_config_options(evaluate, only=EVAL_OPTIONS)
 
-    sub.add_parser("list", help="list task families and algorithms")
+    sub.add_parser("list", help="list task families and algorithms", allow_abbrev=False)
     _add_export_parser(sub)
     return parser
 
@@ -170,9 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
-    if experiment.check is not None:
-        experiment.check(config)
     check_device(config.device)
+    if experiment.check is not None:
+        experiment.check(config)  # settings and data, before a run folder exists
     autocast_factory(config.amp, torch.device(config.device))
     check_divisible(config.meta_batch_size, environment_world_size())
     context = init_from_environment(config.device)  # torchrun: one process per device
@@ -253,9 +284,37 @@ def _check_algorithm(name: str) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``mamlkit eval RUN_DIR``."""
+    """``mamlkit eval RUN_DIR``: the run's own protocol, another dataset, or a benchmark."""
+    from mamlkit.experiments.vision_data import is_image_task
+
     saved = load_run_config(args.run_dir)
-    config = make_config(saved, _overrides(args))
+    overrides = _overrides(args)
+    if not is_image_task(saved.get("task", "")):
+        image_only = sorted({"task", "data_root", "class_split", "ways", "invert",
+                             "on_bad_image"} & set(overrides)) + (["benchmark"] if args.benchmark
+                                                                  else [])
+        if image_only:
+            flags = ", ".join("--" + k.replace("_", "-") for k in image_only)
+            raise ValueError(f"{flags}: evaluating on other data or ways is supported for image "
+                             f"runs; {args.run_dir} is a {saved.get('task')!r} run. Drop {flags}.")
+        config = make_config(saved, overrides)
+        earlier = (args.run_dir / "eval" / "results.json").is_file()
+        get_experiment(config.task).evaluate(config, args.run_dir)
+        if earlier:
+            print(f"results: {args.run_dir / 'eval' / 'results.json'} (replaces the earlier "
+                  "evaluation's file)")
+        return 0
+    if args.benchmark:  # --data-root then says where the benchmark's files are
+        from mamlkit.experiments.omniglot_runs import evaluate_lake_runs
+
+        config = make_config(saved, overrides)
+        check_device(config.device)
+        evaluate_lake_runs(config, args.run_dir)
+        return 0
+    from mamlkit.experiments.vision_eval import evaluation_config
+
+    config = evaluation_config(saved, overrides)
+    check_device(config.device)
     get_experiment(config.task).evaluate(config, args.run_dir)
     return 0
 

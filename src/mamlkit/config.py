@@ -117,7 +117,9 @@ class TrainConfig:
     download: bool = False
     """Fetch missing dataset files (checked against their published sha256 where one exists)."""
     class_split: str = ""
-    """Class split of the dataset; empty = the experiment's default (omniglot: paper or official)."""
+    """Class split of the dataset; empty = the experiment's default (omniglot: paper or official;
+    images: folders when the tree has train/val/test sub-folders, else fractions 0.6,0.2,0.2, or
+    counts such as 64,16,20, or three class-list files train.txt,val.txt,test.txt)."""
     eval_queries: int = 0
     """Query examples per class in validation and test episodes (0 = as many as shots, as MAML's
     evaluation code)."""
@@ -127,7 +129,8 @@ class TrainConfig:
     """Text encoder: pretrained (frozen MiniLM + meta-learned head), bag, cnn (trainable, no
     pretrained weights) or last-layer (adapt MiniLM's last layer + head)."""
     cache_dir: str = ""
-    """Folder for cached text embeddings; empty = $MAMLKIT_CACHE/text or ~/.cache/mamlkit/text."""
+    """Folder for cached text embeddings (images task: decoded images); empty =
+    $MAMLKIT_CACHE/text (/images) or ~/.cache/mamlkit/text (/images)."""
     max_tokens: int = 32
     """Tokens kept per text (bag, cnn and last-layer encoders)."""
     max_per_class: int = 0
@@ -136,6 +139,24 @@ class TrainConfig:
     """Free-form notes kept with the run in config.json (what it is for, what changed)."""
     log_every: int = 10
     """Write a metrics.csv row every this many meta-iterations (validations are always logged)."""
+    image_size: int = 0
+    """Side the images are resized to (images task; 0 = 28)."""
+    channels: int = 0
+    """Image channels (images task): 1, 3, or 0 = from the images (1 when all are greyscale)."""
+    invert: bool = False
+    """Invert the images (255 - x; images task): dark ink on white paper becomes bright on dark,
+    as MAML feeds Omniglot."""
+    normalize: str = "none"
+    """Input normalisation (images task): none, imagenet, dataset (per-channel mean and std of
+    the meta-training images, saved with the run) or MEAN:STD (comma-separated per channel)."""
+    workers: int = 0
+    """DataLoader worker processes building meta-training episodes (0 = built in the training
+    process)."""
+    on_bad_image: str = "stop"
+    """An image file that cannot be read: stop (error naming it) or skip (left out, counted)."""
+    baseline: str = "pretrained"
+    """Baseline trained after MAML for image tasks: pretrained (an ordinary classifier over the
+    meta-training classes, fine-tuned at test time) or none."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -153,7 +174,8 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads", "task_threads",
-                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden"):
+                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden",
+                    "image_size", "workers"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
         for key in ("checkpoint_every", "log_every"):
@@ -168,7 +190,9 @@ class TrainConfig:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
         choices = {"optimizer": ("adam", "sgd"), "batching": ("auto", "vmap", "loop"),
                    "lr_schedule": ("constant", "cosine", "step"), "wandb": ("off", "offline", "online"),
-                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16")}
+                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16"),
+                   "on_bad_image": ("stop", "skip"), "baseline": ("pretrained", "none"),
+                   "channels": (0, 1, 3)}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")

@@ -248,6 +248,8 @@ def meta_train(
     local_tasks = check_divisible(config.meta_batch_size, context.world_size)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    if config.threads:
+        torch.set_num_threads(config.threads)  # TrainConfig.threads, as the CLI sets it
     device = torch.device(config.device)
     autocast = autocast_factory(config.amp, device)
     if context.is_main and run_dir.is_dir():

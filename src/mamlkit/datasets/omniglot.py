@@ -164,8 +164,9 @@ def _pil_image() -> ModuleType:
     return Image
 
 
-def _to_array(data: bytes, size: int, resample: str) -> np.ndarray:
-    """A PNG's bytes as a ``[size, size]`` uint8 image with ink = 255."""
+def preprocess_omniglot(data: bytes, size: int = 28, resample: str = "lanczos") -> np.ndarray:
+    """An Omniglot PNG's bytes as the loader's ``[size, size]`` uint8 image with ink = 255
+    (greyscale, resized with ``resample``, inverted; see the module docstring)."""
     Image = _pil_image()
     with Image.open(io.BytesIO(data)) as image:
         if resample == "lanczos":
@@ -184,7 +185,7 @@ def _decode(
     for c, (_, files) in enumerate(members):
         for d, member in enumerate(files):
             try:
-                out[c, d] = _to_array(read(member), size, resample)
+                out[c, d] = preprocess_omniglot(read(member), size, resample)
             except (zipfile.BadZipFile, OSError, ValueError) as error:  # PIL's are OSError
                 raise ValueError(
                     f"{where}: cannot read {member} ({type(error).__name__}: {error}). The file is "

@@ -178,6 +178,7 @@ SINUSOID = Experiment(
     train=train,
     evaluate=evaluate,
     check=check,
+    load=lambda config, run_dir: _load(config, run_dir, "maml", config.inner_lr),
 )
 
 LINEAR = Experiment(
@@ -188,4 +189,5 @@ LINEAR = Experiment(
     train=train,
     evaluate=evaluate,
     check=check,
+    load=lambda config, run_dir: _load(config, run_dir, "maml", config.inner_lr),
 )
