@@ -64,7 +64,9 @@ class KernelNeeds:
 def kernel_needs(model: nn.Module) -> KernelNeeds:
     """The routes ``model`` needs, from its layers' types: weight norm (the parametrization or the
     old hook), attention (``nn.MultiheadAttention``, ``nn.Transformer*`` or any module whose class
-    name contains "Attention", as Hugging Face's do) and RNNs (``nn.RNNBase``)."""
+    name contains "Attention" or "Attn", as Hugging Face's do) and RNNs (``nn.RNNBase``). A model
+    calling ``F.scaled_dot_product_attention`` from a module named otherwise is not detected;
+    its second order then fails with :func:`explain_kernel_error`'s message."""
     modules = list(model.modules())
     weight_norm_used = any(
         type(p).__name__ == "_WeightNorm" for m in modules
@@ -73,7 +75,8 @@ def kernel_needs(model: nn.Module) -> KernelNeeds:
              for hook in m._forward_pre_hooks.values())
     attention = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer,
                                    nn.TransformerDecoderLayer))
-                    or "attention" in type(m).__name__.lower() for m in modules)
+                    or any(word in type(m).__name__.lower() for word in ("attention", "attn"))
+                    for m in modules)
     rnn = any(isinstance(m, (nn.RNNBase, nn.RNNCellBase)) for m in modules)
     return KernelNeeds(weight_norm_used, attention, rnn)
 
@@ -101,3 +104,16 @@ class DifferentiableKernels:
 
     def __exit__(self, *exc: Any) -> None:
         self._stacks.pop().__exit__(*exc)
+
+
+def explain_kernel_error(error: Exception) -> RuntimeError | None:
+    """A clear error for a missing double backward of a fused attention kernel (the model's
+    attention was not detected by :func:`kernel_needs`), or None for any other error."""
+    text = str(error)
+    if "scaled_dot_product" not in text or "not implemented" not in text:
+        return None
+    return RuntimeError(
+        f"second-order MAML needs the double backward of scaled-dot-product attention, which "
+        f"this fused kernel does not have ({text}). Name the attention module's class "
+        "...Attention (mamlkit then selects the math backend), call meta_backward under "
+        "torch.nn.attention.sdpa_kernel(SDPBackend.MATH), or pass first_order=True.")

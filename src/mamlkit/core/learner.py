@@ -31,7 +31,7 @@ from mamlkit.core.batching import (
     refuse_vmap,
     vmap_blocker,
 )
-from mamlkit.core.kernels import DifferentiableKernels, kernel_needs
+from mamlkit.core.kernels import DifferentiableKernels, explain_kernel_error, kernel_needs
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
 from mamlkit.core.model_io import (
     ForwardFn,
@@ -568,8 +568,14 @@ class MetaLearner(nn.Module):
         sums: dict[str, float] = {}
         for chunk, result in zip(chunks, results):
             if result is None:
-                losses, metrics = self.batched_objective(chunk)
-                (losses.sum() / total).backward()
+                try:
+                    losses, metrics = self.batched_objective(chunk)
+                    (losses.sum() / total).backward()
+                except RuntimeError as error:
+                    explained = explain_kernel_error(error)
+                    if explained is None:
+                        raise
+                    raise explained from error
             else:
                 losses, metrics = result
             for k, v in {"loss": losses.detach(), **metrics}.items():
@@ -635,9 +641,9 @@ class MetaLearner(nn.Module):
 
         self._check_batch(batch)
         params = {n: p.detach() for n, p in self.meta_params().items()}
-        args = tuple(unwrap_inference(a) for a in (
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y))
         with torch.inference_mode(False), torch.no_grad():
+            args = tuple(unwrap_inference(a) for a in (
+                batch.support_x, batch.support_y, batch.query_x, batch.query_y))
             if self.batching_for(batch) == "vmap":
                 result = vmap(one_task, in_dims=(None, 0, 0, 0, 0), randomness="different")(
                     params, *args)
