@@ -32,7 +32,7 @@ def vmap_blocker(model: nn.Module, batchnorm: str) -> str | None:
     None when nothing known prevents it."""
     rnn = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
     if rnn is not None:
-        return (f"The model contains an {type(rnn).__name__}, whose fused kernels "
+        return (f"The model contains {type(rnn).__name__} layers, whose fused kernels "
                 "torch.func.vmap cannot batch over tasks; pass batching='loop' (or 'auto', "
                 "which picks it).")
     hf = next((m for m in model.modules() if type(m).__module__.startswith("transformers.")

@@ -530,9 +530,11 @@ fine-tune BERT (Devlin et al., 2019), since Adam at 1e-3 wrecks the pretrained l
 few dozen steps. Options given explicitly still win (``--no-first-order`` for second order)."""
 
 
-LORA_DEFAULTS: dict[str, Any] = {**LAST_LAYER_DEFAULTS, "meta_lr": 3e-4}
-"""Defaults of ``--encoder lora``: those of ``last-layer`` with a larger outer step size, as only
-the adapters (starting at zero) and the head are meta-learned, never a pretrained weight."""
+LORA_DEFAULTS: dict[str, Any] = dict(LAST_LAYER_DEFAULTS)
+"""Defaults of ``--encoder lora``: those of ``last-layer``. A ten times larger outer step size
+(3e-4) lowered BANKING77 5-way 1-shot validation accuracy from 92.5% (iteration 25) to 76.6%
+(iteration 175): the rank-8 update ``2 B A`` then grows to a large fraction of the pretrained
+weights within a hundred steps."""
 
 
 def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
