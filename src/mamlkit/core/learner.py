@@ -25,12 +25,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from mamlkit.core.adaptation import adaptation_curve
 from mamlkit.core.batching import (
     check_inner_lr,
     iterate_chunks,
     refuse_vmap,
     vmap_blocker,
 )
+from mamlkit.core.gradients import autograd_grad_and_value, functorch_grad_and_value
 from mamlkit.core.kernels import DifferentiableKernels, explain_kernel_error, kernel_needs
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
 from mamlkit.core.model_io import (
@@ -257,7 +259,7 @@ class MetaLearner(nn.Module):
 
         trajectory = [params]
         losses = []
-        gradient = _autograd_grad_and_value if plain_autograd_available() else _functorch_grad_and_value
+        gradient = autograd_grad_and_value if plain_autograd_available() else functorch_grad_and_value
         for step in range(steps):
             if first_order:
                 grads, loss = gradient(support_loss, {n: p.detach() for n, p in fast.items()})
@@ -624,33 +626,10 @@ class MetaLearner(nn.Module):
         """Query loss (and accuracy) after 0..``steps`` adaptation steps for every task.
 
         Returns tensors of shape ``[steps + 1, tasks]``; no graph is built (under
-        ``torch.inference_mode()`` too).
+        ``torch.inference_mode()`` too). See :func:`mamlkit.core.adaptation.adaptation_curve`.
         """
-
-        def one_task(params: Params, sx: Any, sy: Tensor, qx: Any, qy: Tensor) -> Metrics:
-            trajectory, _ = self.inner_loop(params, sx, sy, steps, first_order=True)
-            out: dict[str, list[Tensor]] = {"query_loss": []}
-            if self.classification:
-                out["query_accuracy"] = []
-            for p in trajectory:
-                loss, outputs = self.task_loss(p, qx, qy)
-                out["query_loss"].append(loss)
-                if self.classification:
-                    out["query_accuracy"].append(accuracy(outputs, qy))
-            return {k: torch.stack(v) for k, v in out.items()}
-
         self._check_batch(batch)
-        params = {n: p.detach() for n, p in self.meta_params().items()}
-        with torch.inference_mode(False), torch.no_grad():
-            args = tuple(unwrap_inference(a) for a in (
-                batch.support_x, batch.support_y, batch.query_x, batch.query_y))
-            if self.batching_for(batch) == "vmap":
-                result = vmap(one_task, in_dims=(None, 0, 0, 0, 0), randomness="different")(
-                    params, *args)
-                return {k: v.transpose(0, 1) for k, v in result.items()}
-            per_task = [one_task(params, *(index_tree(a, i) for a in args))
-                        for i in range(batch.num_tasks)]
-            return {k: torch.stack([r[k] for r in per_task], dim=1) for k in per_task[0]}
+        return adaptation_curve(self, batch, steps, self.batching_for(batch) == "vmap")
 
     # ------------------------------------------------------------------ checks
     def _check_task_threads(self, task_threads: int | None, compile: bool) -> None:
@@ -711,30 +690,6 @@ def _compile(fn: Callable[..., Any], device: torch.device, worker_threads: bool 
         return torch.compile(fn, dynamic=False, options={"layout_optimization": False})
     return torch.compile(fn, dynamic=False, fullgraph=True, options={
         "layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1})
-
-
-def _functorch_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
-                              ) -> tuple[Params, Tensor]:
-    """Gradient of ``loss_fn`` at ``params`` (differentiable if grad mode is on), and the loss."""
-    return grad_and_value(loss_fn)(params)
-
-
-def _autograd_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
-                             ) -> tuple[Params, Tensor]:
-    """``_functorch_grad_and_value`` with ``torch.autograd.grad`` (outside functorch transforms).
-
-    The gradient keeps its graph to ``params`` when grad mode is on and a parameter requires grad
-    (as ``torch.func.grad`` does); parameters that do not are differentiated as fresh leaves, and
-    unused parameters get zero gradients.
-    """
-    create_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
-    with torch.enable_grad():
-        inputs = {n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_()
-                  for n, p in params.items()}
-        loss = loss_fn(inputs)
-        grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph,
-                                    allow_unused=True, materialize_grads=True)
-    return dict(zip(inputs, grads)), (loss if create_graph else loss.detach())
 
 
 def _check_steps(name: str, steps: int) -> None:
