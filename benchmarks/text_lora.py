@@ -28,11 +28,13 @@ import sys
 from pathlib import Path
 
 
-def run(args: list[str], log: Path) -> int:
-    """Run ``python -m mamlkit.cli ARGS`` under ``/usr/bin/time -v``; peak RSS in MiB."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "mamlkit.cli", *args]
-    with log.open("w") as out:
-        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
+def run(args: list[str], log: Path, done: bool) -> int:
+    """Run ``python -m mamlkit.cli ARGS`` under ``/usr/bin/time -v`` unless ``done`` (its results
+    exist: the table is collected from the earlier run's files); peak RSS in MiB from the log."""
+    if not done:
+        command = ["/usr/bin/time", "-v", sys.executable, "-m", "mamlkit.cli", *args]
+        with log.open("w") as out:
+            subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log.read_text())
     return int(found.group(1)) // 1024 if found else -1
 
@@ -59,8 +61,9 @@ def main() -> None:
         }
         for name, extra in runs.items():
             run_dir = options.out / f"{dataset}-{name}"
+            done = (run_dir / "eval" / "results.json").is_file()
             peak = run(["train", dataset, "--run-dir", str(run_dir), *common, *extra],
-                       options.out / f"{dataset}-{name}.log")
+                       options.out / f"{dataset}-{name}.log", done)
             summary = json.loads((run_dir / "train_summary.json").read_text())["maml"]
             methods = json.loads((run_dir / "eval" / "results.json").read_text())["methods"]
             per_iteration = summary["train_seconds"] / max(summary["iterations"], 1)

@@ -158,7 +158,6 @@ class MetaLearner(nn.Module):
                            if has_norm_layers(model) else None)
         needs = kernel_needs(model)
         self._kernels = DifferentiableKernels(needs) if needs else None
-        self._is_rnn = needs.rnn
         self._has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
         self._draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
         self.task_threads = task_threads
@@ -203,7 +202,8 @@ class MetaLearner(nn.Module):
         """Loss of one task's examples under ``params``, and the outputs it was computed from
         (the logits, or what ``output`` selects)."""
         outputs = select_output(self.functional_forward(params, x), self.output)
-        if self.loss_fn is torch.nn.functional.mse_loss and outputs.shape != y.shape:
+        if (self.loss_fn is torch.nn.functional.mse_loss and isinstance(y, Tensor)
+                and outputs.shape != y.shape):
             raise ValueError(
                 f"The model outputs shape {tuple(outputs.shape)} per task but the targets have "
                 f"shape {tuple(y.shape)}; for the MSE loss they must match (e.g. targets "
@@ -484,8 +484,8 @@ class MetaLearner(nn.Module):
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
         detached = {n: p.detach() for n, p in trainable.items()}
         dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
-        factor = torch.tensor(scale, dtype=dtype, device=first_leaf(chunks[0].query_y).device)
-        # (a tensor, not a constant)
+        device = first_leaf(chunks[0].query_y).device
+        factor = torch.tensor(scale, dtype=dtype, device=device)  # a tensor, not a constant
         threaded = threads > 1
 
         def run(indices: list[int]) -> tuple[Params | None, dict[int, tuple[Tensor, Metrics]]]:
