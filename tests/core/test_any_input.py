@@ -218,3 +218,23 @@ def test_rnns_take_the_loop_up_front() -> None:
     learner = MAML(Seq())
     assert learner.batching_for(batch) == "loop"
     assert learner.execution_summary(batch).startswith("batching loop")
+
+
+class Mixer(nn.Module):
+    """Calls F.scaled_dot_product_attention from a module whose name does not say attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = self.proj(x).reshape(x.shape[0], 3, 2, 2).transpose(1, 2)
+        return nn.functional.scaled_dot_product_attention(q, q, q).flatten(1)
+
+
+def test_an_undetected_fused_attention_kernel_is_explained() -> None:
+    batch = TaskBatch(torch.randn(2, 4, 3, 4), torch.randn(2, 4, 12), torch.randn(2, 4, 3, 4),
+                      torch.randn(2, 4, 12))
+    with pytest.raises(RuntimeError, match="sdpa_kernel\\(SDPBackend.MATH\\).*first_order=True"):
+        MAML(Mixer(), batching="loop").meta_backward(batch)
+    MAML(Mixer(), batching="loop", first_order=True).meta_backward(batch)
