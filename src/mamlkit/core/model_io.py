@@ -24,6 +24,7 @@ from torch.func import functional_call
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_leaves, tree_map
 
+from mamlkit.tasks.base import describe_shapes as describe
 from mamlkit.tasks.base import first_leaf, index_tree
 
 __all__ = ["call_model", "concat", "describe", "first_leaf", "index_tree", "leaves",
@@ -51,17 +52,6 @@ def shape_key(tree: Any, skip: int = 0) -> tuple:
     """Shapes (after the first ``skip`` dimensions), dtypes and devices of a pytree's tensors:
     two inputs with the same key run through the model the same way."""
     return tuple((tuple(t.shape[skip:]), t.dtype, t.device) for t in leaves(tree))
-
-
-def describe(tree: Any) -> str:
-    """A short description of a pytree's tensor shapes, for error messages."""
-    if isinstance(tree, Tensor):
-        return str(tuple(tree.shape))
-    if isinstance(tree, Mapping):
-        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in tree.items()) + "}"
-    if isinstance(tree, (tuple, list)):
-        return "(" + ", ".join(describe(v) for v in tree) + ")"
-    return type(tree).__name__
 
 
 def unwrap_inference(tree: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -85,10 +85,15 @@ def index_tree(tree: Any, key: Any) -> Any:
     return tree_map(lambda leaf: leaf[key] if isinstance(leaf, Tensor) else leaf, tree)
 
 
-def _shape(tree: Any) -> str:
+def describe_shapes(tree: Any) -> str:
+    """A short description of a pytree's tensor shapes, for error messages."""
     if isinstance(tree, Tensor):
         return str(tuple(tree.shape))
-    return str(tree_map(lambda leaf: tuple(leaf.shape) if isinstance(leaf, Tensor) else leaf, tree))
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe_shapes(v)}" for k, v in tree.items()) + "}"
+    if isinstance(tree, (tuple, list)):
+        return "(" + ", ".join(describe_shapes(v) for v in tree) + ")"
+    return type(tree).__name__
 
 
 def _example_shapes(tree: Any) -> Any:
@@ -108,14 +113,14 @@ def validate_task_batch(batch: TaskBatch) -> None:
         for t in tensors:
             if t.dim() < 2:
                 raise ValueError(
-                    f"TaskBatch.{name} has shape {_shape(value)}; expected [tasks, examples, ...] "
+                    f"TaskBatch.{name} has shape {describe_shapes(value)}; expected [tasks, examples, ...] "
                     "for every tensor. Add the task dimension first (e.g. x.unsqueeze(0) for a "
                     "single task)."
                 )
         sizes = {(int(t.shape[0]), int(t.shape[1])) for t in tensors}
         if len(sizes) != 1:
             raise ValueError(f"the tensors of TaskBatch.{name} disagree on [tasks, examples]: "
-                             f"shapes {_shape(value)}. Every leaf needs the same leading two sizes.")
+                             f"shapes {describe_shapes(value)}. Every leaf needs the same leading two sizes.")
         counts[name] = sizes.pop()
     tasks = {name: count[0] for name, count in counts.items()}
     if len(set(tasks.values())) != 1:
@@ -125,8 +130,8 @@ def validate_task_batch(batch: TaskBatch) -> None:
         if counts[f"{split}_x"][1] != counts[f"{split}_y"][1]:
             raise ValueError(
                 f"{split}_x has {counts[f'{split}_x'][1]} examples per task but {split}_y has "
-                f"{counts[f'{split}_y'][1]}: shapes {_shape(x)} and {_shape(y)}. Each input needs "
-                "exactly one target."
+                f"{counts[f'{split}_y'][1]}: shapes {describe_shapes(x)} and "
+                f"{describe_shapes(y)}. Each input needs exactly one target."
             )
     for kind, noun in (("x", "examples"), ("y", "targets")):
         support, query = getattr(batch, f"support_{kind}"), getattr(batch, f"query_{kind}")
