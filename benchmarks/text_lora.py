@@ -10,8 +10,9 @@ scored on identical episodes):
 - ``--encoder pretrained``: the frozen-encoder MLP head meta-learned with MAML, and prototypes on
   frozen MiniLM sentence embeddings.
 
-Each run is wrapped in ``/usr/bin/time -v`` for the process's peak resident memory (model, data
-and cache included). Prints a table: accuracy ± 95% CI, seconds per meta-iteration (training
+Each run trains (``--no-eval``), then ``mamlkit eval`` scores it; both are wrapped in
+``/usr/bin/time -v``, and the table gives the training process's peak resident memory (model,
+data and cache included). Prints a table: accuracy ± 95% CI, seconds per meta-iteration (training
 time / iterations, validation excluded) and peak memory.
 
     HF_HUB_OFFLINE=1 MAMLKIT_DATA=/path/to/data nice -n 10 python benchmarks/text_lora.py \\
@@ -28,13 +29,15 @@ import sys
 from pathlib import Path
 
 
-def run(args: list[str], log: Path, done: bool) -> int:
-    """Run ``python -m mamlkit.cli ARGS`` under ``/usr/bin/time -v`` unless ``done`` (its results
-    exist: the table is collected from the earlier run's files); peak RSS in MiB from the log."""
-    if not done:
-        command = ["/usr/bin/time", "-v", sys.executable, "-m", "mamlkit.cli", *args]
-        with log.open("w") as out:
-            subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
+def run(args: list[str], log: Path) -> None:
+    """Run ``python -m mamlkit.cli ARGS`` under ``/usr/bin/time -v``, output to ``log``."""
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "mamlkit.cli", *args]
+    with log.open("w") as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
+
+
+def peak_mib(log: Path) -> int:
+    """Peak resident memory in MiB that ``/usr/bin/time -v`` wrote to ``log`` (-1 if absent)."""
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log.read_text())
     return int(found.group(1)) // 1024 if found else -1
 
@@ -61,9 +64,13 @@ def main() -> None:
         }
         for name, extra in runs.items():
             run_dir = options.out / f"{dataset}-{name}"
-            done = (run_dir / "eval" / "results.json").is_file()
-            peak = run(["train", dataset, "--run-dir", str(run_dir), *common, *extra],
-                       options.out / f"{dataset}-{name}.log", done)
+            train_log = options.out / f"{dataset}-{name}.log"
+            if not (run_dir / "train_summary.json").is_file():
+                run(["train", dataset, "--run-dir", str(run_dir), "--no-eval", *common, *extra],
+                    train_log)
+            if not (run_dir / "eval" / "results.json").is_file():  # a budget stop skips it
+                run(["eval", str(run_dir)], options.out / f"{dataset}-{name}-eval.log")
+            peak = peak_mib(train_log)
             summary = json.loads((run_dir / "train_summary.json").read_text())["maml"]
             methods = json.loads((run_dir / "eval" / "results.json").read_text())["methods"]
             per_iteration = summary["train_seconds"] / max(summary["iterations"], 1)
