@@ -60,7 +60,7 @@ def main() -> None:
             "lora": ["--encoder", "lora", "--iterations", "100000", "--time-budget-minutes",
                      str(options.lora_minutes)] + (["--no-first-order"] if options.second_order
                                                    else []),
-            "pretrained": ["--encoder", "pretrained"],
+            "pretrained": ["--encoder", "pretrained", "--iterations", "150"],  # docs/text.md's
         }
         for name, extra in runs.items():
             run_dir = options.out / f"{dataset}-{name}"
