@@ -33,8 +33,8 @@ class Packed(nn.Module):
 
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_dict_inputs_match_packed_inputs(name: str) -> None:
-    sa, sb, qa, qb = (torch.randn(3, 4, n) for n in (2, 1, 2, 1))
-    sy, qy = torch.randint(0, 3, (3, 4)), torch.randint(0, 3, (3, 4))
+    sa, sb, qa, qb = (torch.randn(2, 4, n) for n in (2, 1, 2, 1))
+    sy, qy = torch.randint(0, 3, (2, 4)), torch.randint(0, 3, (2, 4))
     model = Pair()
     model.b.requires_grad_(False)  # frozen: never adapted, never meta-learned
     options = {"loss": "cross_entropy", "inner_steps": 2, "inner_lr": 0.3}
