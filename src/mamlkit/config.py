@@ -127,7 +127,8 @@ class TrainConfig:
     """Width of the network (filters per convolution); 0 = the experiment's default."""
     encoder: str = "pretrained"
     """Text encoder: pretrained (frozen MiniLM + meta-learned head), bag, cnn (trainable, no
-    pretrained weights) or last-layer (adapt MiniLM's last layer + head)."""
+    pretrained weights), last-layer (adapt MiniLM's last layer + head) or lora (LoRA adapters in
+    MiniLM's top layer + head, every pretrained weight frozen)."""
     cache_dir: str = ""
     """Folder for cached text embeddings (images task: decoded images); empty =
     $MAMLKIT_CACHE/text (/images) or ~/.cache/mamlkit/text (/images)."""
@@ -196,8 +197,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
-        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer"):
-            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, got "
+        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer", "lora"):
+            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, lora, got "
                              f"{self.encoder!r}.")
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}.")

@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from mamlkit.checkpoint import remove_stale_temporaries, rng_state, save_checkpoint
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
+from mamlkit.core.model_io import first_leaf, index_tree, select_output
 from mamlkit.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -133,19 +134,15 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
 def move_batch(batch: TaskBatch, device: torch.device) -> TaskBatch:
     """``batch`` on ``device``, moved once; CPU tensors go through pinned memory to a GPU so the
     copy is asynchronous."""
-    if device.type == "cuda" and batch.support_x.device.type == "cpu":
+    if device.type == "cuda" and first_leaf(batch.support_x).device.type == "cpu":
         batch = pin_batch(batch)
     return batch.to(device, non_blocking=True)
 
 
 def pin_batch(batch: TaskBatch) -> TaskBatch:
-    """A copy of a CPU ``batch`` in page-locked memory (fast, asynchronous host-to-GPU copies)."""
-
-    def pin(value: Any) -> Any:
-        return value.pin_memory() if isinstance(value, torch.Tensor) else value
-
-    tensors = {f.name: pin(getattr(batch, f.name)) for f in fields(batch) if f.name != "info"}
-    return TaskBatch(**tensors, info={k: pin(v) for k, v in batch.info.items()})
+    """A copy of a CPU ``batch`` in page-locked memory (fast, asynchronous host-to-GPU copies);
+    every tensor of pytree inputs and targets is pinned."""
+    return batch.map_tensors(lambda tensor: tensor.pin_memory())
 
 
 def preflight(learner: MetaLearner, batch: TaskBatch) -> None:
@@ -170,14 +167,17 @@ def check_model_fits_task(learner: MetaLearner, batch: TaskBatch) -> None:
     Run once on the first batch: a model with fewer logits than the episode has classes would
     otherwise fail deep inside the loss (on a GPU, as an opaque device-side assertion).
     """
-    if not learner.classification or batch.support_y.dtype.is_floating_point:
+    if (not learner.classification or not isinstance(batch.support_y, torch.Tensor)
+            or batch.support_y.dtype.is_floating_point):
         return
+    buffers = {n: b.clone() for n, b in learner.model.named_buffers()}  # not a task's forward
     with torch.no_grad():
-        outputs = learner.functional_forward(learner.meta_params(), batch.support_x[0])
+        outputs = select_output(learner.functional_forward(
+            learner.meta_params(), index_tree(batch.support_x, 0), buffers), learner.output)
     classes = int(max(batch.support_y.max(), batch.query_y.max())) + 1
     if outputs.dim() < 2 or outputs.shape[-1] < classes:
         raise ValueError(
-            f"The model outputs shape {tuple(outputs.shape)} for {batch.support_x.shape[1]} "
+            f"The model outputs shape {tuple(outputs.shape)} for {batch.support_y.shape[1]} "
             f"examples but the task's labels go up to {classes - 1}: a classifier needs "
             f"[examples, {classes}] logits. Build the model with as many outputs as ways "
             f"({classes}).")
