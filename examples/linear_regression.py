@@ -1,4 +1,9 @@
-"""Tasks are lines: meta-learn an initialisation that fits a new line from two points."""
+"""Tasks are lines: meta-learn an initialisation that fits a new line from two points.
+
+Run ``python examples/linear_regression.py``; ``--iterations`` sets the length of meta-training.
+"""
+
+import argparse
 
 import torch
 from torch import nn
@@ -6,13 +11,20 @@ from torch import nn
 import mamlkit
 from mamlkit.tasks import Linear
 
-torch.manual_seed(0)
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--iterations", type=int, default=3000, help="meta-iterations (default 3000)")
+parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+args = parser.parse_args()
+if args.iterations < 1:
+    parser.error(f"--iterations must be >= 1, got {args.iterations}")
+
+torch.manual_seed(args.seed)
 model = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 1))
 maml = mamlkit.MAML(model, inner_lr=0.1, inner_steps=1, eval_inner_steps=5, loss="mse")
 optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
-tasks = Linear(shots=2, queries=10, seed=0)
+tasks = Linear(shots=2, queries=10, seed=args.seed)
 
-for _ in range(3000):
+for _ in range(args.iterations):
     optimizer.zero_grad()
     loss, metrics = maml.meta_loss(tasks.sample(32))
     loss.backward()

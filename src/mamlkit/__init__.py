@@ -6,17 +6,27 @@ distributions, episodic datasets and the paper's models.
 """
 
 from mamlkit.algorithms import ALGORITHMS, FOMAML, MAML, make_algorithm
+from mamlkit.config import TrainConfig
 from mamlkit.core import MetaLearner
 from mamlkit.datasets import (
     CIFARFS,
+    DatasetClasses,
+    EpisodeLoader,
     EpisodeSampler,
+    HFClasses,
+    ImageFolder,
+    ImageOptions,
     MiniImageNet,
     Omniglot,
     cifar_fs_tasks,
+    collate_tasks,
     miniimagenet_tasks,
     omniglot_tasks,
+    split_classes,
 )
+from mamlkit.evaluate import evaluate_episodes
 from mamlkit.models import MLP, ConvNet, miniimagenet_cnn, omniglot_cnn, omniglot_mlp, sinusoid_mlp
+from mamlkit.runs import load_run
 from mamlkit.tasks import Linear, Sinusoid, TaskBatch
 from mamlkit.train import meta_train
 
@@ -27,14 +37,23 @@ __all__ = [
     "MAML",
     "MLP",
     "ConvNet",
+    "DatasetClasses",
+    "EpisodeLoader",
     "EpisodeSampler",
+    "HFClasses",
+    "ImageFolder",
+    "ImageOptions",
     "Linear",
     "MetaLearner",
     "MiniImageNet",
     "Omniglot",
     "Sinusoid",
     "TaskBatch",
+    "TrainConfig",
     "cifar_fs_tasks",
+    "collate_tasks",
+    "evaluate_episodes",
+    "load_run",
     "make_algorithm",
     "meta_train",
     "miniimagenet_cnn",
@@ -43,5 +62,6 @@ __all__ = [
     "omniglot_mlp",
     "omniglot_tasks",
     "sinusoid_mlp",
+    "split_classes",
 ]
 __version__ = "0.1.0"

@@ -8,15 +8,28 @@ values are layered: built-in defaults < the experiment's literature defaults < `
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
+import signal
 import sys
+import textwrap
 import time
+import traceback
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mamlkit.config import FIELDS, TrainConfig, field_type, make_config, read_config_file
+from mamlkit.config import (
+    FIELDS,
+    TrainConfig,
+    check_resume_changes,
+    field_type,
+    make_config,
+    read_config_file,
+)
 from mamlkit.distributed import (
     check_divisible,
     environment_world_size,
@@ -25,17 +38,55 @@ from mamlkit.distributed import (
     shutdown,
 )
 from mamlkit.experiments import experiment_names, get_experiment
-from mamlkit.experiments.common import check_device, load_run_config, prepare_run_dir
-from mamlkit.train import NonFiniteError, autocast_factory
+from mamlkit.experiments.common import (
+    check_device,
+    check_resumable,
+    check_writable_run,
+    load_run_config,
+    prepare_run_dir,
+)
+from mamlkit.faults import (
+    EXIT_BUG,
+    EXIT_DONE,
+    EXIT_NON_FINITE,
+    EXIT_SIGNAL_BASE,
+    cli_spelling,
+    describe,
+)
+from mamlkit.tracking import log_final_evaluation
+from mamlkit.train import NonFiniteError, autocast_factory, stop_code
+
+EVAL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "task": ("--task",), "data_root": ("--data-root",), "class_split": ("--class-split",),
+    "ways": ("--ways",), "shots": ("--shots",), "eval_queries": ("--queries", "--eval-queries"),
+    "test_tasks": ("--test-episodes", "--test-tasks"), "eval_inner_steps": ("--eval-inner-steps",),
+    "eval_shots": ("--eval-shots",), "baseline": ("--baseline",), "invert": ("--invert",),
+    "on_bad_image": ("--on-bad-image",), "cache_dir": ("--cache-dir",), "device": ("--device",),
+    "threads": ("--threads",), "batching": ("--batching",), "plots": ("--plots",),
+}
+"""Settings ``mamlkit eval`` takes (field -> flags); the rest were fixed by training."""
+EVAL_HELP = {
+    "task": "evaluate on another task family whose inputs fit the network (e.g. images)",
+    "data_root": "the evaluation data (with --task images: another image folder tree)",
+    "ways": "classes per episode; other than the trained number re-initialises the output "
+            "layer to zeros (noted in the output)",
+    "eval_queries": "query examples per class of the test episodes (0 = as many as shots)",
+    "test_tasks": "number of fixed meta-test episodes",
+    "baseline": "pretrained (also score the run's pretrained classifier) or none",
+}
+"""Help of the evaluation options that differ from the training meaning."""
 
 
-def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    group = parser.add_argument_group("configuration (override the experiment's defaults)")
-    docs = _field_docs()
-    for name in FIELDS:
+def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                        only: dict[str, tuple[str, ...]] | None = None) -> None:
+    title = ("evaluation settings (the rest are the run's)" if only
+             else "configuration (override the experiment's defaults)")
+    group = parser.add_argument_group(title)
+    docs = {**_field_docs(), **(EVAL_HELP if only else {})}
+    for name in (only or FIELDS):
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flags = only[name] if only else ("--" + name.replace("_", "-"),)
         kind = field_type(name)
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
                                   "help": docs.get(name, "")}
@@ -45,7 +96,7 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
             kwargs.update(nargs="+", type=int, metavar="N")
         else:
             kwargs.update(type=kind, metavar=kind.__name__.upper())
-        group.add_argument(flag, **kwargs)
+        group.add_argument(*flags, **kwargs)
 
 
 def _field_docs() -> dict[str, str]:
@@ -66,10 +117,12 @@ def _field_docs() -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mamlkit`` command."""
     parser = argparse.ArgumentParser(
-        prog="mamlkit", description="Model-agnostic meta-learning (MAML and its family).")
+        prog="mamlkit", description="Model-agnostic meta-learning (MAML and its family).",
+        allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train on a task family, then evaluate",
+                           allow_abbrev=False,
                            description="Meta-train, evaluate with the paper's protocol, and save "
                                        "checkpoints, metrics and plots into the run directory.")
     train.add_argument("task", help=f"task family: {', '.join(experiment_names())}")
@@ -82,12 +135,39 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_config_options(train, skip=("task",))
 
-    evaluate = sub.add_parser("eval", help="evaluate a trained run with the paper's protocol")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a trained run with the paper's protocol", allow_abbrev=False,
+        description="Evaluate a trained run on its meta-test split, on another dataset "
+                    "(--task, --data-root), or on Lake et al.'s 20 one-shot runs (--benchmark).")
     evaluate.add_argument("run_dir", type=Path, help="folder of a training run")
-    _add_config_options(evaluate, skip=("task",))
+    evaluate.add_argument("--benchmark", choices=("omniglot-20runs",),
+                          help="Lake et al.'s (Science 2015) 20 runs of 20-way within-alphabet "
+                               "one-shot classification (all_runs.zip under --data-root/omniglot)")
+    _add_config_options(evaluate, only=EVAL_OPTIONS)
 
-    sub.add_parser("list", help="list task families and algorithms")
+    sub.add_parser("list", help="list task families and algorithms", allow_abbrev=False)
+    _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub: Any) -> None:
+    from mamlkit.export import FORMATS
+
+    export = sub.add_parser(
+        "export", help="write a run's meta-learned initialisation as safetensors or a Hugging "
+                       "Face folder",
+        description="Export the model's meta-learned initialisation (its own parameter names, "
+                    "no optimizer or algorithm state) from a run's best checkpoint.")
+    export.add_argument("run_dir", type=Path, help="folder of a training run")
+    export.add_argument("--format", choices=FORMATS, default="safetensors", dest="fmt",
+                        help="safetensors: one model.safetensors file; hf: save_pretrained "
+                             "folder of a transformers model (needs --hf-config)")
+    export.add_argument("--out", type=Path,
+                        help="output file (safetensors) or folder (hf); default RUN/export/")
+    export.add_argument("--checkpoint", type=Path,
+                        help="checkpoint to export (default: the run's checkpoints/best.pt)")
+    export.add_argument("--hf-config", type=Path,
+                        help="folder with the transformers model's config.json (--format hf)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,49 +175,104 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``mamlkit train``: validate everything first, then train and evaluate."""
+    """``mamlkit train``: validate everything first, then train and evaluate.
+
+    A resumed run is checked whole before anything is written: its settings may only change in
+    :data:`~mamlkit.config.RESUMABLE_KEYS`, and every stage must have a readable checkpoint.
+    """
     experiment = get_experiment(args.task)
     run_dir = args.run_dir
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues a "
+                         "run, --overwrite deletes it first. Pass one of them.")
+    file_values = read_config_file(args.config) if args.config else {}
     if args.resume:
         if run_dir is None:
             raise ValueError("--resume needs --run-dir pointing at the run to continue.")
         saved = load_run_config(run_dir)
         if saved.get("task") != args.task:
             raise ValueError(f"{run_dir} holds a {saved.get('task')!r} run, not {args.task!r}.")
-        config = make_config(saved, _overrides(args))
+        config = make_config(saved, file_values, _overrides(args))
+        check_resume_changes(make_config(saved), config, str(run_dir))
+        checkpoint_every = make_config(saved).checkpoint_every  # how the files were written
     else:
-        file_values = read_config_file(args.config) if args.config else {}
         config = make_config(experiment.defaults_for({**file_values, **_overrides(args)}),
                              file_values, _overrides(args), {"task": args.task})
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
     check_device(config.device)
+    if experiment.check is not None:
+        experiment.check(config)  # settings and data, before a run folder exists
     autocast_factory(config.amp, torch.device(config.device))
     check_divisible(config.meta_batch_size, environment_world_size())
     context = init_from_environment(config.device)  # torchrun: one process per device
     try:
         run_dir = run_on_main(lambda: run_dir, context)  # rank 0's (time-stamped) folder
+        if args.resume:
+            run_on_main(lambda: check_resumable(run_dir, checkpoint_every), context)
         run_on_main(lambda: prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite),
                     context)
+        args.resume_hint = f"mamlkit train {args.task} --run-dir {run_dir} --resume"
         say = print if context.is_main else (lambda *_: None)
         say(f"run directory: {run_dir}" + (f" ({context.world_size} processes, {context.backend})"
                                            if context.enabled else ""))
         start = time.perf_counter()
         summary = experiment.train(config, run_dir, args.resume)
-        train_s = time.perf_counter() - start
-        say(f"meta-training finished in {train_s:.1f} s: {summary}")
-        if context.is_main and not args.no_eval and not any(v.get("stopped") for v in _runs(summary)):
-            experiment.evaluate(config, run_dir)
-        say(f"checkpoints: {run_dir / '**' / 'checkpoints'}\nmetrics: {run_dir}/**/metrics.csv\n"
-            f"evaluation: {run_dir / 'eval'}\nplots: {run_dir / 'plots'}")
+        runs = _runs(summary)
+        stopped = next((run["stopped"] for run in runs.values() if run.get("stopped")), "")
+        code = stop_code(stopped)
+        if code:
+            if context.is_main:
+                if code > EXIT_SIGNAL_BASE:
+                    cause = f"by {signal.Signals(code - EXIT_SIGNAL_BASE).name}"
+                    advice = f"The checkpoints are kept; continue with: {args.resume_hint}"
+                else:
+                    cause = f"({stopped})"
+                    advice = "Start a new run with a lower --meta-lr or --inner-lr."
+                print(f"mamlkit: stopped {cause}: {_describe_runs(runs)}. {advice}",
+                      file=sys.stderr)
+            return code
+        verb = f"stopped ({stopped})" if stopped else "finished"
+        say(f"meta-training {verb} in {time.perf_counter() - start:.1f} s: {_describe_runs(runs)}")
+        if context.is_main and not args.no_eval and not stopped:
+            results = experiment.evaluate(config, run_dir)
+            log_final_evaluation(config, run_dir, results)
+        if context.is_main:
+            _print_outputs(run_dir)
     finally:
         shutdown()
-    return 0
+    return EXIT_DONE
 
 
-def _runs(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for v in summary.values() if isinstance(v, dict)]
+def _runs(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-stage entries of an experiment's training summary."""
+    return {name: v for name, v in summary.items() if isinstance(v, dict) and "iterations" in v}
+
+
+def _describe_runs(runs: dict[str, dict[str, Any]]) -> str:
+    """``maml 100 iterations (1.2 s), best val loss 0.31; pretrained ...`` from a summary."""
+    parts = []
+    for name, run in runs.items():
+        text = f"{name} {run['iterations']} iterations"
+        if isinstance(run.get("train_seconds"), (int, float)):
+            text += f" ({run['train_seconds']:.1f} s)"
+        for key, value in run.items():
+            if key.startswith("best_") and isinstance(value, (int, float)):
+                text += f", {key.replace('_', ' ')} {value:.4g}"
+        parts.append(text)
+    return "; ".join(parts) or "nothing to train"
+
+
+def _print_outputs(run_dir: Path) -> None:
+    """The files the run left, only those that exist."""
+    found = {"checkpoints": sorted(p for p in run_dir.glob("**/checkpoints") if p.is_dir()),
+             "metrics": sorted(run_dir.glob("**/metrics.csv")),
+             "evaluation": [run_dir / "eval"] if (run_dir / "eval").is_dir() else [],
+             "plots": [run_dir / "plots"] if (run_dir / "plots").is_dir() else []}
+    for label, paths in found.items():
+        if paths:
+            print(f"{label}: {', '.join(str(p) for p in paths)}")
 
 
 def _check_algorithm(name: str) -> None:
@@ -149,9 +284,37 @@ def _check_algorithm(name: str) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``mamlkit eval RUN_DIR``."""
+    """``mamlkit eval RUN_DIR``: the run's own protocol, another dataset, or a benchmark."""
+    from mamlkit.experiments.vision_data import is_image_task
+
     saved = load_run_config(args.run_dir)
-    config = make_config(saved, _overrides(args))
+    overrides = _overrides(args)
+    if not is_image_task(saved.get("task", "")):
+        image_only = sorted({"task", "data_root", "class_split", "ways", "invert",
+                             "on_bad_image"} & set(overrides)) + (["benchmark"] if args.benchmark
+                                                                  else [])
+        if image_only:
+            flags = ", ".join("--" + k.replace("_", "-") for k in image_only)
+            raise ValueError(f"{flags}: evaluating on other data or ways is supported for image "
+                             f"runs; {args.run_dir} is a {saved.get('task')!r} run. Drop {flags}.")
+        config = make_config(saved, overrides)
+        earlier = (args.run_dir / "eval" / "results.json").is_file()
+        get_experiment(config.task).evaluate(config, args.run_dir)
+        if earlier:
+            print(f"results: {args.run_dir / 'eval' / 'results.json'} (replaces the earlier "
+                  "evaluation's file)")
+        return 0
+    if args.benchmark:  # --data-root then says where the benchmark's files are
+        from mamlkit.experiments.omniglot_runs import evaluate_lake_runs
+
+        config = make_config(saved, overrides)
+        check_device(config.device)
+        evaluate_lake_runs(config, args.run_dir)
+        return 0
+    from mamlkit.experiments.vision_eval import evaluation_config
+
+    config = evaluation_config(saved, overrides)
+    check_device(config.device)
     get_experiment(config.task).evaluate(config, args.run_dir)
     return 0
 
@@ -162,26 +325,77 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("tasks:")
     for name in experiment_names():
-        print(f"  {name:<18} {get_experiment(name).summary}")
+        print(_listing(name, get_experiment(name).summary))
     print("algorithms:")
     for name, cls in sorted(ALGORITHMS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<18} {doc}")
+        print(_listing(name, cls.__doc__ or ""))
+    return 0
+
+
+def _listing(name: str, doc: str) -> str:
+    """One entry of ``mamlkit list``: the name and the description's first sentence, wrapped."""
+    return textwrap.fill(first_sentence(doc), width=100, initial_indent=f"  {name:<18} ",
+                         subsequent_indent=" " * 21)
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, as plain text (reST roles and
+    ``literals`` unwrapped), for one-line listings."""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    plain = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", paragraph)
+    plain = re.sub(r"``([^`]+)``|`([^`]+)`", lambda m: m.group(1) or m.group(2), plain)
+    end = re.search(r"(?<!\bet al)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)", plain)
+    return plain[:end.start() + 1] if end else plain
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``mamlkit export RUN_DIR --format safetensors|hf``."""
+    from mamlkit.export import export_run
+
+    written = export_run(args.run_dir, args.fmt, out=args.out, checkpoint=args.checkpoint,
+                         hf_config=args.hf_config)
+    print(f"exported the meta-learned initialisation to {written}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mamlkit`` command; bad input exits with status 2 and one message."""
+    """Entry point of the ``mamlkit`` command; returns its exit code (:mod:`mamlkit.faults`).
+
+    Expected failures (bad input, missing or damaged files, a full disk, no permission, a failed
+    download) print one line naming the file, the problem and the fix; a traceback is printed
+    only for a bug.
+    """
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}
-    try:
-        return commands[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"mamlkit: error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteError as error:
-        print(f"mamlkit: stopped: {error}", file=sys.stderr)
-        return 1
+    commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "export": cmd_export}
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            if args.command == "eval":
+                check_writable_run(args.run_dir)
+            return commands[args.command](args)
+        except NonFiniteError as error:
+            print(f"mamlkit: stopped: {cli_spelling(str(error))}", file=sys.stderr)
+            return EXIT_NON_FINITE
+        except BaseException as error:
+            if isinstance(error, SystemExit):
+                raise
+            described = describe(error, getattr(args, "resume_hint", ""))
+            if described is None:
+                if not isinstance(error, Exception):
+                    raise
+                traceback.print_exc()
+                print("mamlkit: internal error (a bug in mamlkit; please report it with the "
+                      "traceback above).", file=sys.stderr)
+                return EXIT_BUG
+            code, line = described
+            print(f"mamlkit: error: {cli_spelling(line)}", file=sys.stderr)
+            return code
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one ``mamlkit: warning:`` line, without source locations."""
+    print(f"mamlkit: warning: {cli_spelling(str(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -52,6 +53,19 @@ class TrainConfig:
     """Outer optimizer learning rate."""
     optimizer: str = "adam"
     """Outer optimizer: adam or sgd."""
+    weight_decay: float = 0.0
+    """Weight decay of the outer optimizer (decoupled, AdamW, with adam; L2 with sgd)."""
+    lr_schedule: str = "constant"
+    """Outer learning-rate schedule: constant, cosine (to zero at the last iteration) or step."""
+    warmup_iterations: int = 0
+    """Linear warm-up of the outer learning rate over this many meta-iterations (0 = none)."""
+    lr_step_size: int = 0
+    """step schedule: multiply the learning rate by lr_gamma every this many iterations (0 = a
+    third of the run)."""
+    lr_gamma: float = 0.1
+    """step schedule: the factor applied at every step."""
+    grad_clip: float = 0.0
+    """Clip the meta-gradient to this global L2 norm before each outer step (0 = no clipping)."""
     iterations: int = 70000
     """Meta-iterations to run."""
     time_budget_minutes: float = 0.0
@@ -95,12 +109,17 @@ class TrainConfig:
     """Save PNG plots after evaluation."""
     tensorboard: bool = True
     """Also log to TensorBoard when it is installed."""
+    wandb: str = "off"
+    """Also log to Weights & Biases: off, offline (files under the run, no network; sync later
+    with `wandb sync`) or online (needs `pip install "mamlkit[wandb]"` and a login)."""
     data_root: str = ""
     """Folder with the datasets (classification and text); empty = $MAMLKIT_DATA."""
     download: bool = False
     """Fetch missing dataset files (checked against their published sha256 where one exists)."""
     class_split: str = ""
-    """Class split of the dataset; empty = the experiment's default (omniglot: paper or official)."""
+    """Class split of the dataset; empty = the experiment's default (omniglot: paper or official;
+    images: folders when the tree has train/val/test sub-folders, else fractions 0.6,0.2,0.2, or
+    counts such as 64,16,20, or three class-list files train.txt,val.txt,test.txt)."""
     eval_queries: int = 0
     """Query examples per class in validation and test episodes (0 = as many as shots, as MAML's
     evaluation code)."""
@@ -108,13 +127,37 @@ class TrainConfig:
     """Width of the network (filters per convolution); 0 = the experiment's default."""
     encoder: str = "pretrained"
     """Text encoder: pretrained (frozen MiniLM + meta-learned head), bag, cnn (trainable, no
-    pretrained weights) or last-layer (adapt MiniLM's last layer + head)."""
+    pretrained weights), last-layer (adapt MiniLM's last layer + head) or lora (LoRA adapters in
+    MiniLM's top layer + head, every pretrained weight frozen)."""
     cache_dir: str = ""
-    """Folder for cached text embeddings; empty = $MAMLKIT_CACHE/text or ~/.cache/mamlkit/text."""
+    """Folder for cached text embeddings (images task: decoded images); empty =
+    $MAMLKIT_CACHE/text (/images) or ~/.cache/mamlkit/text (/images)."""
     max_tokens: int = 32
     """Tokens kept per text (bag, cnn and last-layer encoders)."""
     max_per_class: int = 0
     """Use at most this many examples of each class, in file order (0 = all; for quick runs)."""
+    notes: str = ""
+    """Free-form notes kept with the run in config.json (what it is for, what changed)."""
+    log_every: int = 10
+    """Write a metrics.csv row every this many meta-iterations (validations are always logged)."""
+    image_size: int = 0
+    """Side the images are resized to (images task; 0 = 28)."""
+    channels: int = 0
+    """Image channels (images task): 1, 3, or 0 = from the images (1 when all are greyscale)."""
+    invert: bool = False
+    """Invert the images (255 - x; images task): dark ink on white paper becomes bright on dark,
+    as MAML feeds Omniglot."""
+    normalize: str = "none"
+    """Input normalisation (images task): none, imagenet, dataset (per-channel mean and std of
+    the meta-training images, saved with the run) or MEAN:STD (comma-separated per channel)."""
+    workers: int = 0
+    """DataLoader worker processes building meta-training episodes (0 = built in the training
+    process)."""
+    on_bad_image: str = "stop"
+    """An image file that cannot be read: stop (error naming it) or skip (left out, counted)."""
+    baseline: str = "pretrained"
+    """Baseline trained after MAML for image tasks: pretrained (an ordinary classifier over the
+    meta-training classes, fine-tuned at test time) or none."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -125,24 +168,37 @@ class TrainConfig:
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2 (a classification episode needs two classes), "
                              f"got {self.ways}.")
+        for key in (f.name for f in dataclasses.fields(self) if f.type in (float, "float")):
+            if not math.isfinite(getattr(self, key)):
+                raise ValueError(f"{key} must be a finite number, got {getattr(self, key)}.")
         for key in ("inner_lr", "meta_lr"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads", "task_threads",
-                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden"):
+                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden",
+                    "image_size", "workers"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
+        for key in ("checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
         if self.time_budget_minutes < 0:
             raise ValueError("time_budget_minutes must be >= 0 (0 = no limit).")
+        for key in ("weight_decay", "grad_clip", "warmup_iterations", "lr_step_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
         choices = {"optimizer": ("adam", "sgd"), "batching": ("auto", "vmap", "loop"),
-                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16")}
+                   "lr_schedule": ("constant", "cosine", "step"), "wandb": ("off", "offline", "online"),
+                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16"),
+                   "on_bad_image": ("stop", "skip"), "baseline": ("pretrained", "none"),
+                   "channels": (0, 1, 3)}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
-        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer"):
-            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, got "
+        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer", "lora"):
+            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, lora, got "
                              f"{self.encoder!r}.")
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}.")
@@ -164,6 +220,9 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+RECORD_KEYS = ("provenance",)
+"""Keys of a run's config.json that record the run rather than set it (versions, commit, command
+line; :mod:`mamlkit.provenance`): skipped when a configuration is read back."""
 
 
 def field_type(name: str) -> Any:
@@ -194,17 +253,36 @@ def coerce(name: str, value: Any, source: str) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Key/values of a TOML or JSON config file, type-checked against :class:`TrainConfig`."""
+    """Key/values of a TOML (``.toml`` or no suffix) or JSON (``.json``) config file,
+    type-checked against :class:`TrainConfig`."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Config file {path} is a folder; pass the .toml or .json file "
+                                "inside it.")
     if not path.is_file():
         raise FileNotFoundError(f"Config file {path} does not exist.")
-    text = path.read_text()
+    kind = {".json": "JSON", ".toml": "TOML", "": "TOML"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"Config file {path}: {path.suffix} files are not read; write the "
+                         "settings as TOML (.toml) or JSON (.json).")
+    text = read_text_file(path, "config file")
     try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        raw = json.loads(text) if kind == "JSON" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"Config file {path} is not valid {path.suffix[1:].upper()}: {error}") \
-            from error
-    return {k: coerce(k, v, str(path)) for k, v in raw.items()}
+        raise ValueError(f"Config file {path} is not valid {kind}: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"Config file {path} must hold a table of key = value settings, "
+                         f"not a {type(raw).__name__}.")
+    return {k: coerce(k, v, str(path)) for k, v in raw.items() if k not in RECORD_KEYS}
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; ``ValueError`` naming the file when it holds binary data."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file (byte {error.start} is not UTF-8); it is "
+                         f"damaged or not a {what}: restore it or pass the right file.") from None
 
 
 def make_config(*layers: dict[str, Any]) -> TrainConfig:
@@ -212,5 +290,44 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     for layer in layers:
         for k, v in layer.items():
-            values[k] = coerce(k, v, "the configuration")
+            if k not in RECORD_KEYS:
+                values[k] = coerce(k, v, "the configuration")
     return TrainConfig(**values).validate()
+
+
+RESUMABLE_KEYS = frozenset({
+    "iterations", "baseline_iterations", "time_budget_minutes", "val_every", "checkpoint_every",
+    "keep_checkpoints", "log_every", "test_tasks", "eval_shots", "on_nonfinite", "plots",
+    "tensorboard", "data_root", "download", "cache_dir", "device", "threads", "batching",
+    "chunk_size", "compile", "task_threads",
+})
+"""Settings a resumed run may change: how long to train, how often to validate, log and
+checkpoint, how to evaluate at the end, where the data is and where to compute. Every other
+setting defines the model, the algorithm or the task stream, and must stay as the run began."""
+
+
+def check_resume_changes(saved: TrainConfig, resumed: TrainConfig, source: str) -> None:
+    """Refuse a resume whose settings change the run itself (``ValueError`` naming them).
+
+    Also refuses shortening it: ``iterations`` (and the baseline's, where it counts separately)
+    may grow or stay, since checkpoints of the longer run may already exist.
+    """
+    changed = [key for key in FIELDS if key not in RESUMABLE_KEYS
+               and getattr(saved, key) != getattr(resumed, key)]
+    if changed:
+        listed = ", ".join(f"{key} {getattr(saved, key)!r} -> {getattr(resumed, key)!r}"
+                           for key in changed)
+        raise ValueError(
+            f"--resume cannot change {listed}: the run in {source} was trained with the former, "
+            "and its checkpoints only fit that. Resume without these options, or start a new run "
+            "(another --run-dir) with them.")
+    for key, before, after in (
+            ("iterations", saved.iterations, resumed.iterations),
+            ("baseline_iterations", saved.baseline_iterations or saved.iterations,
+             resumed.baseline_iterations or resumed.iterations)):
+        if after < before:
+            raise ValueError(
+                f"--resume with {key} {after} would shorten the run in {source}, which is set to "
+                f"{before} (its checkpoints may already be past {after}). Pass "
+                f"--{key.replace('_', '-')} {before} or more, or use --time-budget-minutes to stop "
+                "earlier.")

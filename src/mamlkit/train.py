@@ -14,28 +14,21 @@ from its own task stream, the meta-gradients are averaged with an all-reduce
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
-import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from mamlkit.checkpoint import (
-    load_checkpoint,
-    remove_stale_temporaries,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from mamlkit.checkpoint import remove_stale_temporaries, rng_state, save_checkpoint
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
+from mamlkit.core.model_io import first_leaf, index_tree, select_output
 from mamlkit.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -51,11 +44,25 @@ from mamlkit.distributed import (
     shard_bounds,
     synchronize_step,
 )
+from mamlkit.integrations.wandb import log_row as log_wandb_row
+from mamlkit.integrations.wandb import start_run as wandb_run
+from mamlkit.metrics_log import BASE_FIELDS as CSV_FIELDS  # noqa: F401 - public name
+from mamlkit.metrics_log import MetricsLog
+from mamlkit.metrics_log import read_rows as _read_rows  # noqa: F401 - used by the tests
+from mamlkit.run_guard import (  # noqa: F401 - NonFiniteError, ResumeWarning, stop_code: public here
+    MAX_SKIPS_IN_A_ROW,
+    NON_FINITE,
+    NonFiniteError,
+    ResumeWarning,
+    StopSignals,
+    all_finite,
+    non_finite_message,
+    restore,
+    resume_point,
+    stop_code,
+)
+from mamlkit.schedules import lr_factor
 from mamlkit.tasks.base import TaskBatch
-
-CSV_FIELDS = ["iteration", "elapsed_s", "loss", "support_loss", "query_accuracy", "val_loss",
-              "val_accuracy", "meta_lr"]
-LOG_EVERY = 10
 
 
 class TaskSampler(Protocol):
@@ -66,10 +73,6 @@ class TaskSampler(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class NonFiniteError(RuntimeError):
-    """A meta-iteration produced a NaN or infinite loss or gradient."""
 
 
 @dataclass
@@ -86,10 +89,28 @@ class TrainResult:
 
 def build_optimizer(config: TrainConfig, params: Iterator[torch.nn.Parameter]
                     ) -> torch.optim.Optimizer:
-    """The outer optimizer named by ``config.optimizer``."""
+    """The outer optimizer named by ``config.optimizer`` (AdamW when adam has weight decay)."""
     if config.optimizer == "adam":
+        if config.weight_decay:
+            return torch.optim.AdamW(params, lr=config.meta_lr, weight_decay=config.weight_decay)
         return torch.optim.Adam(params, lr=config.meta_lr)
-    return torch.optim.SGD(params, lr=config.meta_lr)
+    return torch.optim.SGD(params, lr=config.meta_lr, weight_decay=config.weight_decay)
+
+
+def apply_training_options(config: TrainConfig, optimizer: torch.optim.Optimizer,
+                           params: list[torch.nn.Parameter], iteration: int) -> dict[str, float]:
+    """Before the outer step of ``iteration``: set the scheduled learning rate
+    (:mod:`mamlkit.schedules`) and clip the meta-gradient (``grad_clip``); returns what a run
+    logs about it (``grad_norm``, the norm before clipping, when clipping)."""
+    factor = lr_factor(config.lr_schedule, iteration, config.iterations, config.warmup_iterations,
+                       config.lr_step_size, config.lr_gamma)
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+    if not config.grad_clip:
+        return {}
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                          config.grad_clip)
+    return {"grad_norm": float(norm)}
 
 
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -113,19 +134,15 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
 def move_batch(batch: TaskBatch, device: torch.device) -> TaskBatch:
     """``batch`` on ``device``, moved once; CPU tensors go through pinned memory to a GPU so the
     copy is asynchronous."""
-    if device.type == "cuda" and batch.support_x.device.type == "cpu":
+    if device.type == "cuda" and first_leaf(batch.support_x).device.type == "cpu":
         batch = pin_batch(batch)
     return batch.to(device, non_blocking=True)
 
 
 def pin_batch(batch: TaskBatch) -> TaskBatch:
-    """A copy of a CPU ``batch`` in page-locked memory (fast, asynchronous host-to-GPU copies)."""
-
-    def pin(value: Any) -> Any:
-        return value.pin_memory() if isinstance(value, torch.Tensor) else value
-
-    tensors = {f.name: pin(getattr(batch, f.name)) for f in fields(batch) if f.name != "info"}
-    return TaskBatch(**tensors, info={k: pin(v) for k, v in batch.info.items()})
+    """A copy of a CPU ``batch`` in page-locked memory (fast, asynchronous host-to-GPU copies);
+    every tensor of pytree inputs and targets is pinned."""
+    return batch.map_tensors(lambda tensor: tensor.pin_memory())
 
 
 def preflight(learner: MetaLearner, batch: TaskBatch) -> None:
@@ -150,14 +167,17 @@ def check_model_fits_task(learner: MetaLearner, batch: TaskBatch) -> None:
     Run once on the first batch: a model with fewer logits than the episode has classes would
     otherwise fail deep inside the loss (on a GPU, as an opaque device-side assertion).
     """
-    if not learner.classification or batch.support_y.dtype.is_floating_point:
+    if (not learner.classification or not isinstance(batch.support_y, torch.Tensor)
+            or batch.support_y.dtype.is_floating_point):
         return
+    buffers = {n: b.clone() for n, b in learner.model.named_buffers()}  # not a task's forward
     with torch.no_grad():
-        outputs = learner.functional_forward(learner.meta_params(), batch.support_x[0])
+        outputs = select_output(learner.functional_forward(
+            learner.meta_params(), index_tree(batch.support_x, 0), buffers), learner.output)
     classes = int(max(batch.support_y.max(), batch.query_y.max())) + 1
     if outputs.dim() < 2 or outputs.shape[-1] < classes:
         raise ValueError(
-            f"The model outputs shape {tuple(outputs.shape)} for {batch.support_x.shape[1]} "
+            f"The model outputs shape {tuple(outputs.shape)} for {batch.support_y.shape[1]} "
             f"examples but the task's labels go up to {classes - 1}: a classifier needs "
             f"[examples, {classes}] logits. Build the model with as many outputs as ways "
             f"({classes}).")
@@ -182,118 +202,6 @@ def validate(learner: MetaLearner, batch: TaskBatch, steps: int,
     return {k: totals[k] / totals["count"] for k in keys}
 
 
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag so the loop can save a checkpoint before exiting."""
-
-    def __init__(self) -> None:
-        self.received: str = ""
-
-    @contextmanager
-    def installed(self) -> Iterator[_StopSignals]:
-        handlers = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not in the main thread: leave the handlers alone
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signal.Signals(signum).name
-
-
-def _all_finite(loss: float, params: list[torch.nn.Parameter]) -> bool:
-    if not math.isfinite(loss):
-        return False
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    norms = torch._foreach_norm(grads)
-    return bool(torch.isfinite(torch.stack(norms)).all())
-
-
-class _MetricsLog:
-    """metrics.csv (rows beyond a resumed checkpoint are dropped) and optional TensorBoard."""
-
-    def __init__(self, run_dir: Path, resume_from: int | None, tensorboard: bool) -> None:
-        self.path = run_dir / "metrics.csv"
-        rows = _read_rows(self.path, resume_from) if resume_from is not None else []
-        self.handle = self.path.open("w", newline="")
-        self.writer = csv.DictWriter(self.handle, CSV_FIELDS, extrasaction="ignore")
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.handle.flush()
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.tb = None
-            else:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def write(self, row: dict[str, float]) -> None:
-        self.writer.writerow(row)
-        self.handle.flush()
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "iteration":
-                    self.tb.add_scalar(key, value, int(row["iteration"]))
-
-    def close(self) -> None:
-        self.handle.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _read_rows(path: Path, up_to: int) -> list[dict[str, str]]:
-    """Complete rows of an existing metrics.csv up to iteration ``up_to`` (a torn last line, as a
-    killed run may leave, is dropped)."""
-    if not path.exists():
-        return []
-    kept = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if None in row or any(v is None for v in row.values()):
-                continue
-            try:
-                iteration = int(row["iteration"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if iteration <= up_to:
-                kept.append(row)
-    return kept
-
-
-def _restore(state: dict[str, Any], path: Path, learner: MetaLearner,
-             optimizer: torch.optim.Optimizer, tasks: TaskSampler,
-             context: DistributedContext) -> None:
-    saved_world = int(state.get("world_size", 1))
-    if saved_world != context.world_size:
-        raise ValueError(
-            f"{path} was written by a run with {saved_world} process(es) but this run has "
-            f"{context.world_size}: each process's task stream is saved separately, so an exact "
-            f"resume needs the same number of processes (torchrun --nproc-per-node "
-            f"{saved_world} ...). Or start a new run from this checkpoint's weights.")
-    try:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        raise ValueError(
-            f"{path} does not fit this model or algorithm ({type(error).__name__}: "
-            f"{detail[:400]}). Resume with the configuration the run was started with, or start "
-            "a new run.") from error
-    per_rank = state.get("ranks") or [{"sampler": state["sampler"], "rng": state["rng"]}]
-    mine = per_rank[context.rank]
-    tasks.load_state_dict(mine["sampler"])
-    set_rng_state(mine["rng"])
-
-
 def meta_train(
     learner: MetaLearner,
     tasks: TaskSampler,
@@ -304,54 +212,79 @@ def meta_train(
     resume: bool = False,
     distributed: DistributedContext | None = None,
     progress: bool = True,
+    title: str = "",
 ) -> TrainResult:
     """Meta-train ``learner`` on tasks from ``tasks`` and checkpoint into ``run_dir``.
 
     Args:
         learner: the algorithm (its parameters are optimised in place).
         tasks: the meta-training task distribution.
-        config: iterations, optimizer, validation and checkpoint settings.
+        config: iterations, optimizer, validation, logging and checkpoint settings.
         run_dir: where ``checkpoints/``, ``metrics.csv`` and ``tensorboard/`` go.
         val_batch: fixed held-out tasks; validated every ``config.val_every`` iterations and used
-            to keep ``checkpoints/best.pt`` (lowest loss, or highest accuracy when classifying).
-        resume: continue from ``checkpoints/last.pt`` exactly where it stopped (model, optimizer,
-            task sampler and random states of every process, iteration counter, elapsed time).
+            to keep ``checkpoints/best.pt`` (lowest loss, or highest accuracy when classifying; a
+            non-finite validation result is never the best).
+        resume: continue exactly where the newest readable checkpoint stopped (model, optimizer,
+            task sampler and random states of every process, iteration counter, elapsed time):
+            ``last.pt``, or when it is damaged the newest of ``iter_*.pt`` and ``best.pt``, with a
+            :class:`ResumeWarning` naming it. A stage that never wrote a checkpoint starts from
+            iteration 0 (also with a warning); one whose checkpoints are all gone or unreadable
+            raises ``ValueError`` before anything is written.
         distributed: the data-parallel context; ``None`` detects an initialised
             ``torch.distributed`` process group (see :mod:`mamlkit.distributed`). Every process
             calls ``meta_train`` with the same arguments; ``tasks`` is re-seeded per rank on a new
             run, rank 0 logs and writes checkpoints.
         progress: show a tqdm progress bar.
+        title: the progress bar's title (default ``meta-train TASK``).
+
+    A SIGINT or SIGTERM ends the current meta-iteration, writes ``last.pt`` and returns with
+    ``stopped_early`` naming the signal. A non-finite loss or gradient raises
+    :class:`NonFiniteError` (``on_nonfinite='stop'``) or skips the step (``'skip'``, counted in
+    ``skipped_steps``, in metrics.csv and in a warning); :data:`MAX_SKIPS_IN_A_ROW` skipped in a
+    row still raise, and a run whose every step was skipped returns with ``stopped_early``
+    starting with :data:`NON_FINITE` (``mamlkit train`` exits 3).
     """
     context = current_context() if distributed is None else distributed
     local_tasks = check_divisible(config.meta_batch_size, context.world_size)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    if config.threads:
+        torch.set_num_threads(config.threads)  # TrainConfig.threads, as the CLI sets it
     device = torch.device(config.device)
     autocast = autocast_factory(config.amp, device)
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main and run_dir.is_dir():
         remove_stale_temporaries(ckpt_dir)
     params = list(learner.parameters())
     optimizer = build_optimizer(config, iter(params))
-    start, elapsed, best = 0, 0.0, None
-    if resume:
-        path = ckpt_dir / "last.pt"
-        state = run_on_main(lambda: load_checkpoint(path, map_location="cpu"), context)
-        _restore(state, path, learner, optimizer, tasks, context)
-        start, elapsed, best = state["iteration"], state["elapsed_s"], state["best_metric"]
-        del state
+    start, elapsed, best, skipped = 0, 0.0, None, 0
+    point = run_on_main(lambda: resume_point(run_dir, config.checkpoint_every), context) if resume else None
+    if point is not None:
+        restore(point.state, point.path, learner, optimizer, tasks, context)
+        start, elapsed, best = point.state["iteration"], point.state["elapsed_s"], \
+            point.state["best_metric"]
+        skipped = int(point.state.get("skipped_steps", 0))
+        if start > config.iterations:
+            raise ValueError(
+                f"{point.path} is at iteration {start}, past iterations = {config.iterations}: "
+                f"resuming would rewind the run. Pass iterations >= {start} (--iterations).")
+        point = None
     elif context.enabled:
         broadcast_module(learner, context)
         seed_sampler_for_rank(tasks, config.seed, context.rank)
         if context.rank:
             torch.manual_seed(rank_seed(config.seed, context.rank))  # per-rank dropout streams
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     val_part = None
     if val_batch is not None:
         val_part = move_batch(val_batch.slice(shard_bounds(val_batch.num_tasks, context)), device)
     classification = learner.classification
     higher_is_better = classification and val_batch is not None
+    saved_at = start if resume and start else None
 
     def improved(metric: float) -> bool:
+        if not math.isfinite(metric):
+            return False
         if best is None:
             return True
         return metric > best if higher_is_better else metric < best
@@ -362,6 +295,7 @@ def meta_train(
         if not context.is_main:
             return
         state = {"iteration": iteration, "elapsed_s": elapsed, "best_metric": best,
+                 "skipped_steps": skipped,
                  "learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
                  "sampler": per_rank[0]["sampler"], "rng": per_rank[0]["rng"],
                  "world_size": context.world_size, "config": config.to_dict()}
@@ -369,15 +303,17 @@ def meta_train(
             state["ranks"] = per_rank
         save_checkpoint(ckpt_dir / name, state)
 
-    log = _MetricsLog(run_dir, start if resume else None, config.tensorboard) \
+    log = MetricsLog(run_dir, start if resume else None, config.tensorboard) \
         if context.is_main else None
+    tracker = wandb_run(config, run_dir) if context.is_main else None
     result = TrainResult(iteration=start, elapsed_s=elapsed, best_metric=best)
-    stops = _StopSignals()
+    stops = StopSignals()
     budget_s = config.time_budget_minutes * 60.0
-    bar = tqdm(total=config.iterations, initial=start, disable=not (progress and context.is_main),
-               desc=f"meta-train {config.task}", dynamic_ncols=True, mininterval=1.0)
+    say = tqdm.write if progress and context.is_main else (lambda _: None)
+    bar = None  # opened after the first meta-iteration, so the lines it prints come before it
     iteration = start
     best_written = resume and best is not None and val_batch is not None
+    skipped_in_a_row = 0
     try:
         with stops.installed():
             for iteration in range(start + 1, config.iterations + 1):
@@ -387,31 +323,50 @@ def meta_train(
                 batch = move_batch(tasks.sample(local_tasks), device)
                 if iteration == start + 1:
                     preflight(learner, batch)
-                    if progress and context.is_main:
-                        tasks_word = "task" if batch.num_tasks == 1 else "tasks"
-                        bar.write(f"meta-batch of {batch.num_tasks} {tasks_word}: "
-                                  f"{learner.execution_summary(batch)}")
+                    tasks_word = "task" if batch.num_tasks == 1 else "tasks"
+                    say(f"meta-batch of {batch.num_tasks} {tasks_word}: "
+                        f"{learner.execution_summary(batch)}")
+                    if learner.use_compile:
+                        say("compiling the meta-gradient with torch.compile (seconds for an MLP, "
+                            "minutes for a CNN on a small CPU) ...")
                 optimizer.zero_grad(set_to_none=True)
                 with autocast():
                     metrics = learner.meta_backward(batch)
+                if bar is None:
+                    if learner.use_compile:
+                        say(f"first meta-iteration done in {time.perf_counter() - tick:.1f} s "
+                            f"({learner.execution_summary(batch)})")
+                    bar = tqdm(total=config.iterations, initial=iteration - 1,
+                               disable=not (progress and context.is_main), mininterval=1.0,
+                               desc=title or f"meta-train {config.task}", dynamic_ncols=True)
                 del batch
                 synced = synchronize_step(params, metrics, bool(stops.received),
                                           bool(budget_s and elapsed >= budget_s), context)
                 metrics = synced.metrics
-                if not _all_finite(metrics["loss"], params):
-                    if config.on_nonfinite == "stop":
-                        raise NonFiniteError(
-                            f"Non-finite loss or gradient at meta-iteration {iteration} (loss "
-                            f"{metrics['loss']}). The last good checkpoint is kept in {ckpt_dir}. "
-                            "Lower meta_lr or inner_lr, or set on_nonfinite='skip' to skip such "
-                            "steps.")
+                if all_finite(metrics["loss"], params):
+                    metrics.update(apply_training_options(config, optimizer, params, iteration))
+                    optimizer.step()
+                    skipped_in_a_row = 0
+                elif config.on_nonfinite == "stop":
+                    raise NonFiniteError(non_finite_message(iteration, metrics["loss"], ckpt_dir,
+                                                             saved_at))
+                else:
                     optimizer.zero_grad(set_to_none=True)
+                    skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
                     result.skipped_steps += 1
-                    continue
-                optimizer.step()
+                    if skipped_in_a_row == 1 and context.is_main:
+                        say(f"meta-iteration {iteration}: non-finite loss or gradient, "
+                            "step skipped (on_nonfinite = skip)")
+                    if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                        raise NonFiniteError(non_finite_message(
+                            iteration, metrics["loss"], ckpt_dir, saved_at,
+                            f"{skipped_in_a_row} meta-iterations in a row were non-finite and "
+                            f"skipped ({skipped} in all)"))
                 elapsed += time.perf_counter() - tick
                 row = {"iteration": iteration, "elapsed_s": round(elapsed, 3),
                        "meta_lr": optimizer.param_groups[0]["lr"], **metrics}
+                if config.on_nonfinite == "skip":
+                    row["skipped_steps"] = skipped
                 if val_part is not None and config.val_every and iteration % config.val_every == 0:
                     row.update(validate(learner, val_part, config.eval_inner_steps, context))
                     metric = row["val_accuracy" if higher_is_better else "val_loss"]
@@ -420,8 +375,10 @@ def meta_train(
                         checkpoint("best.pt", iteration)
                         best_written = True
                     result.history.append(row)
-                if log is not None and (iteration % LOG_EVERY == 0 or "val_loss" in row):
+                if log is not None and (iteration % config.log_every == 0 or "val_loss" in row):
                     log.write(row)
+                    if tracker is not None:
+                        log_wandb_row(tracker, row)
                 bar.update(1)
                 shown = {"loss": f"{metrics['loss']:.4f}"}
                 if "query_accuracy" in metrics:
@@ -430,7 +387,10 @@ def meta_train(
                     shown["val"] = f"{row.get('val_accuracy', row['val_loss']):.4f}"
                 bar.set_postfix(shown, refresh=False)
                 if iteration % config.checkpoint_every == 0:
+                    if log is not None:
+                        log.sync()
                     checkpoint("last.pt", iteration)
+                    saved_at = iteration
                     if config.keep_checkpoints:
                         checkpoint(f"iter_{iteration:08d}.pt", iteration)
                         if context.is_main:
@@ -448,12 +408,25 @@ def meta_train(
             else:
                 iteration = config.iterations
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if log is not None:
             log.close()
+        if tracker is not None:
+            tracker.finish()
+    if skipped_in_a_row and skipped_in_a_row == iteration - start and not result.stopped_early:
+        result.stopped_early = (f"{NON_FINITE}: all {skipped_in_a_row} meta-iterations had a "
+                                "non-finite loss or gradient and were skipped")
+    if result.skipped_steps and context.is_main:
+        warnings.warn(f"{run_dir}: {result.skipped_steps} of {iteration - start} meta-iterations "
+                      "had a non-finite loss or gradient and were skipped (on_nonfinite = skip).",
+                      UserWarning, stacklevel=2)
     result.iteration, result.elapsed_s = iteration, elapsed
     if val_batch is None:
         best = None
+    elif best is None and result.history and context.is_main:
+        warnings.warn(f"{run_dir}: no validation gave a finite result, so best.pt holds the final "
+                      "weights.", UserWarning, stacklevel=2)
     result.best_metric = best
     checkpoint("last.pt", iteration)
     if not best_written:

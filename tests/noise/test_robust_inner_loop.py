@@ -117,11 +117,11 @@ def test_meta_gradient_matches_a_plain_autograd_loop(batching, inner_loss, weigh
                    "sce": lambda o, y: 0.1 * F.cross_entropy(o, y, reduction="none")
                    + 4.0 * (1 - F.softmax(o, -1)[torch.arange(len(y)), y]),
                    "cross_entropy": lambda o, y: F.cross_entropy(o, y, reduction="none")}[inner_loss]
-    log_t = (learner.support_weighting.log_temperature.detach().clone().requires_grad_()
+    log_t = (learner.support_objective.weighting.log_temperature.detach().clone().requires_grad_()
              if weighted else None)
     expected = _plain_meta_gradient(model, batch, 0.5, 2, per_example, weighted, log_t)
     if weighted:
-        ours.append(learner.support_weighting.log_temperature.grad)
+        ours.append(learner.support_objective.weighting.log_temperature.grad)
     for a, b in zip(ours, expected):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-10), (a - b).abs().max()
 
@@ -144,14 +144,14 @@ def test_temperature_gradient_matches_finite_differences():
                            support_weights="prototype")
     loss, _ = learner.meta_loss(batch)
     loss.backward()
-    analytic = float(learner.support_weighting.log_temperature.grad)
+    analytic = float(learner.support_objective.weighting.log_temperature.grad)
     eps = 1e-6
     values = []
     with torch.no_grad():
         for sign in (1, -1):
-            learner.support_weighting.log_temperature += sign * eps
+            learner.support_objective.weighting.log_temperature += sign * eps
             values.append(float(learner.meta_loss(batch)[0]))
-            learner.support_weighting.log_temperature -= sign * eps
+            learner.support_objective.weighting.log_temperature -= sign * eps
     assert analytic == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-5, abs=1e-9)
 
 

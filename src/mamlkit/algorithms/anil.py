@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
 from mamlkit.core.learner import MetaLearner
+from mamlkit.core.model_io import index_tree, select_output, shape_key
 from mamlkit.core.params import Params, named_buffers, named_params
 
 
@@ -128,16 +129,16 @@ class ANIL(MetaLearner):
         return trajectory, losses
 
     def _check_batch(self, batch: Any) -> None:
-        new = (tuple(batch.support_x.shape[2:]), batch.support_x.dtype, batch.support_x.device)
-        new = new not in self._checked_shapes
+        new = shape_key(batch.support_x, skip=2) not in self._checked_shapes
         super()._check_batch(batch)
         if new:
-            self._check_head_is_last(batch.support_x[0])
+            self._check_head_is_last(index_tree(batch.support_x, 0))
 
-    def _check_head_is_last(self, x: Tensor) -> None:
+    def _check_head_is_last(self, x: Any) -> None:
         params = {n: p.detach() for n, p in named_params(self.model).items()}
         with torch.no_grad(), self._capture_head_input() as captured:
-            outputs = self.functional_forward(params, x)
+            buffers = {n: b.clone() for n, b in named_buffers(self.model).items()}  # no stat update
+            outputs = select_output(self.functional_forward(params, x, buffers), self.output)
         rebuilt = self.head_forward({n: params[n] for n in self.adapted_names}, captured[0])
         if not isinstance(outputs, Tensor) or outputs.shape != rebuilt.shape or not torch.allclose(
                 outputs, rebuilt):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.model_io import concat
 from mamlkit.core.params import Params
 
 
@@ -33,7 +34,7 @@ class Pretrained(MetaLearner):
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
                        query_y: Tensor) -> tuple[Tensor, Metrics]:
         """Loss of the unadapted parameters on the task's support and query examples together."""
-        loss, _ = self.task_loss(params, torch.cat([support_x, query_x]), torch.cat([support_y, query_y]))
+        loss, _ = self.task_loss(params, concat(support_x, query_x), concat(support_y, query_y))
         with torch.no_grad():
             query_loss, outputs = self.task_loss(params, query_x, query_y)
         metrics = self._metrics(query_loss, outputs, query_y, [])

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value
+from torch.func import grad_and_value
 
 from mamlkit.algorithms.meta_sgd import parameter_key
 from mamlkit.algorithms.per_step_norm import PerStepNorms, batchnorm_layers, check_batchnorm_layers
@@ -188,19 +188,19 @@ class MAMLPlusPlus(MetaLearner):
             entries[name] = getattr(self.bn_step_stats, parameter_key(name))[index]
         return entries
 
-    def functional_forward(self, params: Params, x: Any) -> Any:
+    def functional_forward(self, params: Params, x: Any, buffers: Params | None = None) -> Any:
         """The driver's forward, with per-step running statistics when ``params`` carries them."""
         stat_names = self._step_stat_names
         stats = {n: v for n, v in params.items() if n in stat_names}
         if not stats:
-            return super().functional_forward(params, x)
+            return super().functional_forward(params, x, buffers)
         model_params = {n: v for n, v in params.items() if n not in stat_names}
-        buffers = {n: None if n.endswith("num_batches_tracked") else b
-                   for n, b in named_buffers(self.model).items()}
+        buffers = named_buffers(self.model) if buffers is None else buffers
+        buffers = {n: None if n.endswith("num_batches_tracked") else b for n, b in buffers.items()}
         buffers.update(stats)
         layer_of = {id(v): n.rsplit(".", 1)[0] for n, v in stats.items() if n.endswith("running_mean")}
-        with PerStepNorms(layer_of, use_running=not self.training, recorder=self._recorder):
-            return functional_call(self.model, (model_params, buffers), (x,))
+        return self.run_model(model_params, buffers, x, PerStepNorms(
+            layer_of, use_running=not self.training, recorder=self._recorder))
 
     def _recorded_loss(self, params: Params, x: Any, y: Tensor, record: bool
                        ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:

@@ -26,6 +26,7 @@ from torch.func import grad_and_value
 
 from mamlkit.algorithms.inner_adam import adam_moments, adam_update, check_inner_optimizer
 from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.model_io import concat
 from mamlkit.core.params import Params
 
 INNER_DATA = ("support+query", "support")
@@ -93,7 +94,7 @@ class Reptile(MetaLearner):
         """Surrogate whose gradient w.r.t. ``theta`` is ``theta - phi`` and whose value is the
         adapted parameters' query loss."""
         if self.inner_data == "support+query":
-            train_x, train_y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
+            train_x, train_y = concat(support_x, query_x), concat(support_y, query_y)
         else:
             train_x, train_y = support_x, support_y
         start = {n: p.detach() for n, p in params.items()}

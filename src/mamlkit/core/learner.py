@@ -16,24 +16,47 @@ Everything works on parameter dicts, so the user's module is never cloned or pat
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
-from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
-from mamlkit.core.params import AdaptSelector, Params, named_buffers, named_params, select_names
-from mamlkit.core.robust_losses import CLASSIFICATION_LOSSES, PER_EXAMPLE_LOSSES, ROBUST_LOSSES
-from mamlkit.core.support_weights import (
-    SUPPORT_WEIGHTINGS,
-    PrototypeAgreement,
-    captured_input,
-    last_linear,
+from mamlkit.core.adaptation import adaptation_curve
+from mamlkit.core.batching import (
+    check_inner_lr,
+    iterate_chunks,
+    refuse_vmap,
+    vmap_blocker,
 )
+from mamlkit.core.gradients import autograd_grad_and_value, functorch_grad_and_value
+from mamlkit.core.kernels import DifferentiableKernels, explain_kernel_error, kernel_needs
+from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
+from mamlkit.core.model_io import (
+    ForwardFn,
+    OutputSelector,
+    call_model,
+    describe,
+    first_leaf,
+    index_tree,
+    select_output,
+    shape_key,
+    unwrap_inference,
+)
+from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
+from mamlkit.core.params import (
+    AdaptSelector,
+    Params,
+    named_buffers,
+    named_params,
+    parameter_aliases,
+    select_names,
+)
+from mamlkit.core.support_weights import SupportLoss, support_loss_for
 from mamlkit.core.task_threads import map_interleaved
 from mamlkit.core.transforms import plain_autograd_available
 from mamlkit.tasks.base import TaskBatch
@@ -54,13 +77,14 @@ class MetaLearner(nn.Module):
 
     Args:
         model: any ``nn.Module``; its parameters are the meta-parameters (the initialisation).
-        inner_lr: inner-loop learning rate: a float for all parameters, or a ``{name: float}``
-            dict covering every adapted parameter.
+        inner_lr: inner-loop learning rate: a float (or 0-dim tensor) for all parameters, or a
+            ``{name: float}`` dict covering every adapted parameter (any name of a tied one).
         inner_steps: gradient steps on the support set during meta-training (``>= 0``).
         first_order: drop the second-order term of the meta-gradient (FOMAML).
         loss: ``"mse"``, ``"cross_entropy"`` or ``loss(outputs, targets) -> scalar``.
-        adapt: which parameters adapt in the inner loop (``None`` = all; names, prefixes or a
-            predicate); the others are shared across tasks and only meta-learned.
+        adapt: which parameters adapt in the inner loop (``None`` = all that require grad;
+            names, prefixes or a predicate, matching any name of a tied parameter); the others
+            are shared across tasks and only meta-learned (or frozen, without grad).
         batching: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :data:`BATCHING_MODES`).
         chunk_size: process at most this many tasks at once in :meth:`meta_backward` to bound
             memory; gradients are accumulated and equal those of the whole batch.
@@ -76,18 +100,23 @@ class MetaLearner(nn.Module):
         task_threads: worker threads over which the compiled per-task loop spreads a batch's
             tasks on the CPU, each with one intra-op thread (see :meth:`task_threads_for`);
             ``None`` picks per batch, ``1`` keeps every task on the calling thread.
+        forward: ``forward(model, x) -> outputs`` to call the model on one task's inputs; by
+            default ``model(**x)`` for a dict and ``model(x)`` otherwise
+            (:mod:`mamlkit.core.model_io`; inputs may be any pytree of tensors).
+        output: which tensor of the model's outputs the loss and metrics use: ``None`` (a
+            tensor, ``.logits`` of a Hugging Face output, else the first element), a key or
+            attribute name, or a callable ``outputs -> tensor``.
         inner_loss: the loss of the inner loop (support set) if it differs from ``loss`` (which
-            always scores the query set): a name of ``loss`` or a robust one for noisy support
-            sets, ``"gce"``, ``"sce"`` or ``"huber"`` (:mod:`mamlkit.core.robust_losses`), or a
-            callable. ``None`` = ``loss``.
+            always scores the query set): a loss name, a robust one for noisy support sets
+            (``"gce"``, ``"sce"``, ``"huber"``: :mod:`mamlkit.core.robust_losses`) or a callable.
         support_weights: ``"prototype"`` weights each support example of the inner loss by its
-            agreement with its class prototype (:mod:`mamlkit.core.support_weights`; a remedy
-            for wrong support labels, with a meta-learned temperature); ``None`` = equal weights.
+            agreement with its class prototype (:mod:`mamlkit.core.support_weights`, with a
+            meta-learned temperature), a remedy for wrong support labels; ``None``: equal weights.
     """
 
     custom_support_loss: bool = True
-    """Whether the algorithm's inner loop takes its loss from :meth:`support_loss`, so that
-    ``inner_loss`` and ``support_weights`` apply (ANIL and MAML++ compute their own)."""
+    """Whether the inner loop takes its loss from :meth:`support_loss`, so that ``inner_loss``
+    and ``support_weights`` apply (ANIL and MAML++ compute their own)."""
 
     task_threads_safe: bool = True
     """Whether :meth:`task_objective` may run for several tasks at once on different threads
@@ -108,12 +137,20 @@ class MetaLearner(nn.Module):
         eval_inner_steps: int | None = None,
         compile: bool = False,
         task_threads: int | None = None,
+        forward: ForwardFn | None = None,
+        output: OutputSelector = None,
         inner_loss: str | LossFn | None = None,
         support_weights: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise ValueError(
+                "The model is wrapped in DistributedDataParallel, whose reducer cannot follow the "
+                "inner loop's functional parameters. Wrap the learner instead: MAML(model), then "
+                "DDP, Lightning (mamlkit.integrations.lightning) or Accelerate around it; or run "
+                "mamlkit train under torchrun.")
         _check_steps("inner_steps", inner_steps)
         if eval_inner_steps is not None:
             _check_steps("eval_inner_steps", eval_inner_steps)
@@ -132,10 +169,15 @@ class MetaLearner(nn.Module):
         self.batching = batching
         self.chunk_size = chunk_size
         self.batchnorm = check_policy(batchnorm)
-        self.adapted_names = select_names(named_params(model), adapt)
-        self.inner_lr = self._check_inner_lr(inner_lr)
+        self.forward_fn = forward
+        self.output = output
+        self.aliases = parameter_aliases(model)
+        self.adapted_names = select_names(named_params(model), adapt, self.aliases)
+        self.inner_lr = check_inner_lr(inner_lr, self.adapted_names, self.aliases)
         self._norm_mode = (ComposableNorms(batchnorm == "transductive")
                            if has_norm_layers(model) else None)
+        needs = kernel_needs(model)
+        self._kernels = DifferentiableKernels(needs) if needs else None
         self._has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
         self._draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
         self.task_threads = task_threads
@@ -147,30 +189,46 @@ class MetaLearner(nn.Module):
         self._compiled: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {}
         self._compile_failed = False
         self._compiled_meta_gradients: dict[str, Callable[..., Any]] = {}
-        self._configure_support_loss(inner_loss, support_weights)
+        self.inner_loss_name = inner_loss if isinstance(inner_loss, str) or inner_loss is None \
+            else getattr(inner_loss, "__name__", "custom")
+        self.support_objective: SupportLoss | None = support_loss_for(
+            model, self.loss_name, inner_loss, support_weights, self.custom_support_loss,
+            type(self).__name__)
 
     # ------------------------------------------------------------------ functional building blocks
     def meta_params(self) -> Params:
         """The model's parameters (the meta-learned initialisation) as a name -> tensor dict."""
         return named_params(self.model)
 
-    def functional_forward(self, params: Params, x: Any) -> Any:
-        """Run the user's model with ``params`` in place of its own (buffers are the module's)."""
-        buffers = named_buffers(self.model)
-        if self._norm_mode is None:
-            return functional_call(self.model, (params, buffers), (x,))
-        if self.batchnorm == "transductive":
+    def functional_forward(self, params: Params, x: Any, buffers: Params | None = None) -> Any:
+        """Run the user's model on ``x`` (one task's inputs, any pytree of tensors) with
+        ``params`` in place of its own, with ``buffers`` (default: the module's), and with the
+        kernels it needs routed to exactly differentiable ones (:mod:`mamlkit.core.kernels`)."""
+        buffers = named_buffers(self.model) if buffers is None else buffers
+        if self._norm_mode is not None and self.batchnorm == "transductive":
             # Batch statistics only: BatchNorm's step counter is hidden (None for the call), so
             # nothing is mutated inside a transform.
             buffers = {n: None if n.endswith("num_batches_tracked") else b
                        for n, b in buffers.items()}
-        with self._norm_mode:
-            return functional_call(self.model, (params, buffers), (x,))
+        return self.run_model(params, buffers, x, self._norm_mode)
 
-    def task_loss(self, params: Params, x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Loss of one task's examples under ``params``, and the model outputs."""
-        outputs = self.functional_forward(params, x)
-        if self.loss_fn is torch.nn.functional.mse_loss and outputs.shape != y.shape:
+    def run_model(self, params: Params, buffers: Params, x: Any, *contexts: Any) -> Any:
+        """The model on ``x`` with ``params`` and ``buffers``, under ``contexts`` (None entries
+        skipped) and the kernel routes it needs; the call every forward pass goes through."""
+        contexts = tuple(c for c in (*contexts, self._kernels) if c is not None)
+        if not contexts:
+            return call_model(self.model, (params, buffers), x, self.forward_fn)
+        with ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context)
+            return call_model(self.model, (params, buffers), x, self.forward_fn)
+
+    def task_loss(self, params: Params, x: Any, y: Any) -> tuple[Tensor, Tensor]:
+        """Loss of one task's examples under ``params``, and the outputs it was computed from
+        (the logits, or what ``output`` selects)."""
+        outputs = select_output(self.functional_forward(params, x), self.output)
+        if (self.loss_fn is torch.nn.functional.mse_loss and isinstance(y, Tensor)
+                and outputs.shape != y.shape):
             raise ValueError(
                 f"The model outputs shape {tuple(outputs.shape)} per task but the targets have "
                 f"shape {tuple(y.shape)}; for the MSE loss they must match (e.g. targets "
@@ -178,17 +236,14 @@ class MetaLearner(nn.Module):
             )
         return _scalar_loss(self.loss_fn(outputs, y)), outputs
 
-    def support_loss(self, params: Params, x: Any, y: Tensor) -> Tensor:
-        """The inner loop's loss of one task's support examples under ``params``: ``loss``, or
-        ``inner_loss`` if one was given, weighted per example if ``support_weights`` was."""
-        if self.support_weighting is None:
-            if self.inner_loss_fn is None:
-                return self.task_loss(params, x, y)[0]
-            return _scalar_loss(self.inner_loss_fn(self.functional_forward(params, x), y))
-        with captured_input(self.model.get_submodule(self.feature_module)) as captured:
-            outputs = self.functional_forward(params, x)
-        weights = self.support_weighting(captured[-1], y, outputs.shape[-1])
-        return (weights * self._per_example_inner_loss(outputs, y)).mean()
+    def support_loss(self, params: Params, x: Any, y: Any) -> Tensor:
+        """The inner loop's loss of one task's support examples under ``params``: the task loss,
+        or ``inner_loss`` / ``support_weights`` where given (:class:`SupportLoss`)."""
+        if self.support_objective is None:
+            return self.task_loss(params, x, y)[0]
+        loss = self.support_objective(
+            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)
+        return _scalar_loss(loss)
 
     def inner_lrs(self, step: int) -> Mapping[str, float | Tensor]:
         """Learning rate of each adapted parameter at inner step ``step`` (algorithm hook)."""
@@ -231,7 +286,7 @@ class MetaLearner(nn.Module):
 
         trajectory = [params]
         losses = []
-        gradient = _autograd_grad_and_value if plain_autograd_available() else _functorch_grad_and_value
+        gradient = autograd_grad_and_value if plain_autograd_available() else functorch_grad_and_value
         for step in range(steps):
             if first_order:
                 grads, loss = gradient(support_loss, {n: p.detach() for n, p in fast.items()})
@@ -269,18 +324,25 @@ class MetaLearner(nn.Module):
     def batching_for(self, batch: TaskBatch) -> str:
         """The batching mode used for ``batch``.
 
-        ``auto`` picks ``vmap`` except for convolutional models on the CPU, where one task at a
+        ``auto`` picks ``vmap`` except for models that cannot be batched over tasks (RNNs,
+        BatchNorm updating its running statistics: :func:`~mamlkit.core.batching.vmap_blocker`)
+        and convolutional models on the CPU, where one task at a
         time (with PyTorch's fused normalisation kernels) is about as fast on small query sets,
         much faster on large ones, and needs a fraction of the memory (vmapped convolutions turn
         into grouped convolutions that the CPU kernels handle poorly, and every task's graph is
         alive at once); it falls back to ``loop`` for any model that ``vmap`` cannot handle.
         Measurements: ``docs/performance.md``.
         """
-        if self.batching != "auto":
-            return self.batching
-        if self._vmap_failed:
+        if self.batching == "loop":
             return "loop"
-        on_cpu = batch.support_x.device.type == "cpu"
+        blocker = vmap_blocker(self.model, self.batchnorm)
+        if self.batching == "vmap":
+            if blocker is not None:
+                raise ValueError(blocker)
+            return "vmap"
+        if self._vmap_failed or blocker is not None:
+            return "loop"
+        on_cpu = first_leaf(batch.support_x).device.type == "cpu"
         return "loop" if (self._has_conv and on_cpu) else "vmap"
 
     def batched_objective(self, batch: TaskBatch, mode: str | None = None) -> tuple[Tensor, Metrics]:
@@ -294,15 +356,19 @@ class MetaLearner(nn.Module):
         if mode == "vmap":
             try:
                 return self._objective("vmap")(params, *args)
-            except (RuntimeError, NotImplementedError) as error:
-                if self.batching != "auto" or not _is_vmap_limitation(error):
-                    raise
+            except (ValueError, TypeError):
+                raise  # bad input: the same in the loop, said by the check that raised it
+            except Exception as error:  # noqa: BLE001 - auto: any failure under vmap -> loop
+                if self.batching != "auto":
+                    raise refuse_vmap(error) from error
                 warnings.warn(
-                    f"torch.func.vmap cannot batch this model over tasks ({error}); "
-                    "falling back to a per-task loop.", RuntimeWarning, stacklevel=2)
+                    f"torch.func.vmap cannot batch this model over tasks ({type(error).__name__}: "
+                    f"{error}); falling back to a per-task loop. Pass batching='loop' to skip "
+                    "the attempt.", RuntimeWarning, stacklevel=2)
                 self._vmap_failed = True
         objective = self._objective("loop")
-        results = [objective(params, *(a[i] for a in args)) for i in range(batch.num_tasks)]
+        results = [objective(params, *(index_tree(a, i) for a in args))
+                   for i in range(batch.num_tasks)]
         losses = torch.stack([loss for loss, _ in results])
         metrics = {k: torch.stack([m[k] for _, m in results]) for k in results[0][1]}
         return losses, metrics
@@ -373,14 +439,14 @@ class MetaLearner(nn.Module):
         under the ``module`` policy (running statistics): state that threads would share. An
         explicit count applies as given. Either is capped at the number of tasks.
         """
-        if (self.batching_for(batch) != "loop" or batch.query_y.device.type != "cpu"
+        if (self.batching_for(batch) != "loop" or first_leaf(batch.query_y).device.type != "cpu"
                 or not self._uses_compiled_meta_gradient() or not self.task_threads_safe
                 or self._threads_failed):
             return 1
         if self.task_threads is not None:
             return max(1, min(self.task_threads, batch.num_tasks))
         module_norms = self._norm_mode is not None and self.batchnorm == "module"
-        hooked = _has_hooks(self.model) or self.support_weighting is not None  # a per-call hook
+        hooked = _has_hooks(self.model) or self.support_objective is not None  # per-call hooks
         if self._draws_random or module_norms or hooked:
             return 1
         return max(1, min(torch.get_num_threads(), batch.num_tasks))
@@ -419,7 +485,7 @@ class MetaLearner(nn.Module):
                 grad_and_value(scaled_loss, has_aux=True), self._device(), worker_threads=threaded)
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
         if not batched:
-            args = tuple(a[0] for a in args)
+            args = tuple(index_tree(a, 0) for a in args)
         try:
             grads, (_, (losses, metrics)) = self._compiled_meta_gradients[key](
                 trainable, factor, *args)
@@ -446,7 +512,8 @@ class MetaLearner(nn.Module):
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
         detached = {n: p.detach() for n, p in trainable.items()}
         dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
-        factor = torch.tensor(scale, dtype=dtype, device=chunks[0].query_y.device)  # not a constant
+        device = first_leaf(chunks[0].query_y).device
+        factor = torch.tensor(scale, dtype=dtype, device=device)  # a tensor, not a constant
         threaded = threads > 1
 
         def run(indices: list[int]) -> tuple[Params | None, dict[int, tuple[Tensor, Metrics]]]:
@@ -473,15 +540,15 @@ class MetaLearner(nn.Module):
         else:
             # The first call of a compiled function compiles it: alone, never on two threads.
             first = chunks[0]
-            shape_key = (mode, dtype, *((tuple(a.shape), a.dtype) for a in (
+            key = (mode, dtype, *(shape_key(a) for a in (
                 first.support_x, first.support_y, first.query_x, first.query_y)))
             shares = []
-            if shape_key not in self._warm_compiled:
+            if key not in self._warm_compiled:
                 shares += map_interleaved(run, indices[:1], threads)  # one share: one worker
                 if self._threads_failed:  # nothing was accumulated: all tasks on one thread
                     return self._compiled_meta_backward(chunks, scale, mode, 1)
                 indices = indices[1:]
-                self._warm_compiled.add(shape_key)
+                self._warm_compiled.add(key)
             shares += map_interleaved(run, indices, threads)
         results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
         for total, done in shares:
@@ -510,7 +577,8 @@ class MetaLearner(nn.Module):
         losses, metrics = self.batched_objective(batch)
         return losses.mean(), {k: float(v.mean()) for k, v in metrics.items()}
 
-    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch, backward: Callable[[Tensor], Any] | None = None
+                      ) -> dict[str, float]:
         """Accumulate the meta-gradient of the batch's mean loss into ``.grad``.
 
         Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
@@ -519,20 +587,50 @@ class MetaLearner(nn.Module):
         as soon as it is computed (the same work, but only one task's graph is alive at a time),
         compiled on :meth:`task_threads_for` worker threads. Returns the mean metrics (``loss``
         included).
+
+        ``backward``: called with each chunk's share of the loss instead of ``Tensor.backward``,
+        so a training framework does the backward pass (``self.manual_backward`` in Lightning,
+        ``accelerator.backward`` in Accelerate: loss scaling, DDP's gradient reduction); the
+        autograd path is then taken even when compiled (the objective itself stays compiled).
+        Inside a ``DistributedDataParallel`` forward (a Lightning ``training_step`` under DDP)
+        every chunk but the last runs under ``no_sync``, so DDP reduces the summed gradient
+        once; there a plain backward would bypass DDP's reducer and the processes would
+        diverge, so ``backward`` is required. Outside one (``mamlkit.train``, the Accelerate
+        recipe) the caller reduces ``.grad`` across processes itself.
         """
         total = batch.num_tasks
         self._check_batch(batch)
         mode = self.batching_for(batch)
         chunks = list(iterate_chunks(batch, 1 if mode == "loop" else (self.chunk_size or total)))
+        ddp = _active_ddp_module()
+        if ddp is not None and backward is None:
+            raise RuntimeError(
+                "meta_backward runs inside a DistributedDataParallel forward (e.g. a Lightning "
+                "training_step under DDP), where a plain backward pass bypasses DDP's gradient "
+                "reduction and the processes would silently diverge. Pass the framework's "
+                "backward (meta_backward(batch, backward=self.manual_backward)), or return "
+                "meta_loss(batch)[0] from the step instead.")
         results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
-        if self._uses_compiled_meta_gradient():
+        if self._uses_compiled_meta_gradient() and backward is None:
             results = self._compiled_meta_backward(chunks, 1.0 / total, mode,
                                                    self.task_threads_for(batch))
         sums: dict[str, float] = {}
-        for chunk, result in zip(chunks, results):
+        for index, (chunk, result) in enumerate(zip(chunks, results)):
             if result is None:
-                losses, metrics = self.batched_objective(chunk)
-                (losses.sum() / total).backward()
+                try:
+                    losses, metrics = self.batched_objective(chunk)
+                    share = losses.sum() / total
+                    if backward is None:
+                        share.backward()
+                    else:  # DDP reduces once, on the last chunk (no_sync accumulates before it)
+                        last = index == len(chunks) - 1
+                        with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
+                            backward(share)
+                except RuntimeError as error:
+                    explained = explain_kernel_error(error)
+                    if explained is None:
+                        raise
+                    raise explained from error
             else:
                 losses, metrics = result
             for k, v in {"loss": losses.detach(), **metrics}.items():
@@ -551,20 +649,23 @@ class MetaLearner(nn.Module):
         """Adapted parameters for one task (no task dimension) after ``steps`` updates.
 
         By default no graph is built (memory stays flat in evaluation); ``create_graph=True``
-        keeps the graph to the meta-parameters (used by RL's outer loop).
+        keeps the graph to the meta-parameters (used by RL's outer loop). Works under
+        ``torch.inference_mode()`` too: the inner loop's gradients are computed outside it (on
+        ordinary copies of inference-mode inputs), and the adapted parameters carry no graph.
         """
         steps = self.eval_inner_steps if steps is None else steps
         _check_steps("steps", steps)
         start = self.meta_params() if params is None else params
         if not create_graph:
             start = {n: p.detach() for n, p in start.items()}
-        with torch.set_grad_enabled(create_graph):
-            trajectory, _ = self.inner_loop(start, support_x, support_y, steps,
+        with torch.inference_mode(False), torch.set_grad_enabled(create_graph):
+            trajectory, _ = self.inner_loop(unwrap_inference(start), unwrap_inference(support_x),
+                                            unwrap_inference(support_y), steps,
                                             first_order=not create_graph)
         return trajectory[-1]
 
-    def predict(self, params: Params, x: Any) -> Tensor:
-        """Model outputs for ``x`` under (adapted) ``params``."""
+    def predict(self, params: Params, x: Any) -> Any:
+        """Model outputs for ``x`` under (adapted) ``params`` (as the model returns them)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and _requires_grad(params)):
             return self.functional_forward(params, x)
 
@@ -577,61 +678,13 @@ class MetaLearner(nn.Module):
     def adaptation_curve(self, batch: TaskBatch, steps: int) -> Metrics:
         """Query loss (and accuracy) after 0..``steps`` adaptation steps for every task.
 
-        Returns tensors of shape ``[steps + 1, tasks]``; no graph is built.
+        Returns tensors of shape ``[steps + 1, tasks]``; no graph is built (under
+        ``torch.inference_mode()`` too). See :func:`mamlkit.core.adaptation.adaptation_curve`.
         """
-
-        def one_task(params: Params, sx: Any, sy: Tensor, qx: Any, qy: Tensor) -> Metrics:
-            trajectory, _ = self.inner_loop(params, sx, sy, steps, first_order=True)
-            out: dict[str, list[Tensor]] = {"query_loss": []}
-            if self.classification:
-                out["query_accuracy"] = []
-            for p in trajectory:
-                loss, outputs = self.task_loss(p, qx, qy)
-                out["query_loss"].append(loss)
-                if self.classification:
-                    out["query_accuracy"].append(accuracy(outputs, qy))
-            return {k: torch.stack(v) for k, v in out.items()}
-
         self._check_batch(batch)
-        params = {n: p.detach() for n, p in self.meta_params().items()}
-        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        with torch.no_grad():
-            if self.batching_for(batch) == "vmap":
-                result = vmap(one_task, in_dims=(None, 0, 0, 0, 0), randomness="different")(
-                    params, *args)
-                return {k: v.transpose(0, 1) for k, v in result.items()}
-            per_task = [one_task(params, *(a[i] for a in args)) for i in range(batch.num_tasks)]
-            return {k: torch.stack([r[k] for r in per_task], dim=1) for k in per_task[0]}
+        return adaptation_curve(self, batch, steps, self.batching_for(batch) == "vmap")
 
     # ------------------------------------------------------------------ checks
-    def _configure_support_loss(self, inner_loss: str | LossFn | None,
-                                support_weights: str | None) -> None:
-        """Check and set ``inner_loss`` and ``support_weights`` (see the class docstring)."""
-        self.inner_loss_name = None if inner_loss is None else (
-            inner_loss if isinstance(inner_loss, str) else getattr(inner_loss, "__name__", "custom"))
-        if isinstance(inner_loss, str) and inner_loss in ROBUST_LOSSES:
-            self.inner_loss_fn = ROBUST_LOSSES[inner_loss]
-        else:
-            self.inner_loss_fn = None if inner_loss is None else resolve_loss(inner_loss)
-        self.support_weighting: PrototypeAgreement | None = None
-        if (inner_loss is not None or support_weights is not None) and not self.custom_support_loss:
-            raise ValueError(f"{type(self).__name__} computes its own inner-loop loss: inner_loss and "
-                             "support_weights apply to MAML, FOMAML, Meta-SGD, Reptile and iMAML.")
-        if support_weights is None:
-            return
-        if support_weights not in SUPPORT_WEIGHTINGS:
-            raise ValueError(f"Unknown support_weights {support_weights!r}; choose one of "
-                             f"{', '.join(SUPPORT_WEIGHTINGS)} or None.")
-        name = self.inner_loss_name or self.loss_name
-        if name not in CLASSIFICATION_LOSSES:
-            raise ValueError(f"support_weights={support_weights!r} weights support examples by class "
-                             f"agreement, which needs a classification loss "
-                             f"({', '.join(CLASSIFICATION_LOSSES)} by name), not {name!r}.")
-        self._per_example_inner_loss = PER_EXAMPLE_LOSSES[name]
-        self.feature_module = last_linear(self.model)
-        reference = next(self.model.parameters())
-        self.support_weighting = PrototypeAgreement().to(reference.dtype)
-
     def _check_task_threads(self, task_threads: int | None, compile: bool) -> None:
         if task_threads is None:
             return
@@ -650,39 +703,24 @@ class MetaLearner(nn.Module):
                 f"{type(self).__name__} cannot process tasks on several threads (its objective "
                 "shares state between tasks); leave task_threads at None or 1.")
 
-    def _check_inner_lr(self, inner_lr: float | Mapping[str, float]) -> dict[str, float]:
-        if isinstance(inner_lr, Mapping):
-            missing = [n for n in self.adapted_names if n not in inner_lr]
-            unknown = [n for n in inner_lr if n not in self.adapted_names]
-            if missing or unknown:
-                raise ValueError(
-                    f"inner_lr dict must give a rate for exactly the adapted parameters; missing "
-                    f"{missing}, not adapted or unknown {unknown}."
-                )
-            values = dict(inner_lr)
-        else:
-            values = dict.fromkeys(self.adapted_names, inner_lr)
-        for name, value in values.items():
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(
-                    f"inner_lr for {name!r} must be a positive number, got {value!r}.")
-        return values
-
     def _check_batch(self, batch: TaskBatch) -> None:
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"Expected a mamlkit.TaskBatch, got {type(batch).__name__}.")
-        key = (tuple(batch.support_x.shape[2:]), batch.support_x.dtype, batch.support_x.device)
+        key = shape_key(batch.support_x, skip=2)
         if key in self._checked_shapes:
             return
+        # On copies of the buffers: a BatchNorm under the module policy in train mode updates its
+        # running statistics in each forward pass, and this check is not one of the task's.
+        buffers = {n: b.clone() for n, b in named_buffers(self.model).items()}
         try:
-            with torch.no_grad():
-                self.functional_forward(self.meta_params(), batch.support_x[0])
+            with torch.inference_mode(False), torch.no_grad():
+                self.functional_forward(self.meta_params(), index_tree(batch.support_x, 0), buffers)
         except Exception as error:  # noqa: BLE001 - re-raised with context
             raise ValueError(
                 f"The model cannot run on this task batch's inputs: support_x has shape "
-                f"{tuple(batch.support_x.shape)} ([tasks, examples, ...]), so the model receives "
-                f"[examples, ...] = {tuple(batch.support_x.shape[1:])}. Check that the model's "
-                f"input size matches the task. Original error: {error}"
+                f"{describe(batch.support_x)} ([tasks, examples, ...]), so the model receives "
+                f"[examples, ...] = {describe(index_tree(batch.support_x, 0))}. Check that the "
+                f"model's input size matches the task. Original error: {error}"
             ) from error
         self._checked_shapes.add(key)
 
@@ -707,28 +745,9 @@ def _compile(fn: Callable[..., Any], device: torch.device, worker_threads: bool 
         "layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1})
 
 
-def _functorch_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
-                              ) -> tuple[Params, Tensor]:
-    """Gradient of ``loss_fn`` at ``params`` (differentiable if grad mode is on), and the loss."""
-    return grad_and_value(loss_fn)(params)
-
-
-def _autograd_grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params
-                             ) -> tuple[Params, Tensor]:
-    """``_functorch_grad_and_value`` with ``torch.autograd.grad`` (outside functorch transforms).
-
-    The gradient keeps its graph to ``params`` when grad mode is on and a parameter requires grad
-    (as ``torch.func.grad`` does); parameters that do not are differentiated as fresh leaves, and
-    unused parameters get zero gradients.
-    """
-    create_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
-    with torch.enable_grad():
-        inputs = {n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_()
-                  for n, p in params.items()}
-        loss = loss_fn(inputs)
-        grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph,
-                                    allow_unused=True, materialize_grads=True)
-    return dict(zip(inputs, grads)), (loss if create_graph else loss.detach())
+def _check_steps(name: str, steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}.")
 
 
 def _scalar_loss(loss: Any) -> Tensor:
@@ -742,30 +761,18 @@ def _scalar_loss(loss: Any) -> Tensor:
     return loss
 
 
-def _check_steps(name: str, steps: int) -> None:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}.")
-
-
 def _has_hooks(module: nn.Module) -> bool:
     """Whether any submodule has forward or backward hooks registered."""
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                or m._backward_pre_hooks for m in module.modules())
 
 
+def _active_ddp_module() -> nn.Module | None:
+    """The ``DistributedDataParallel`` module whose forward is running, if any (DDP records it)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return getattr(DistributedDataParallel, "_active_ddp_module", None)
+
+
 def _requires_grad(params: Params) -> bool:
     return any(p.requires_grad for p in params.values())
-
-
-def _is_vmap_limitation(error: Exception) -> bool:
-    text = str(error).lower()
-    return "vmap" in text or "batching rule" in text or "batched" in text
-
-
-def iterate_chunks(batch: TaskBatch, size: int) -> Iterator[TaskBatch]:
-    """The batch's tasks in consecutive chunks of at most ``size`` tasks."""
-    if size >= batch.num_tasks:
-        yield batch
-        return
-    for start in range(0, batch.num_tasks, size):
-        yield batch.slice(slice(start, start + size))

@@ -19,12 +19,19 @@ captured by a forward pre-hook during the support forward pass, so no extra forw
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mamlkit.core.robust_losses import (
+    CLASSIFICATION_LOSSES,
+    PER_EXAMPLE_LOSSES,
+    ROBUST_LOSSES,
+    PerExampleLoss,
+)
 
 SUPPORT_WEIGHTINGS = ("prototype",)
 """Names accepted by ``support_weights=``."""
@@ -84,3 +91,60 @@ class PrototypeAgreement(nn.Module):
         alone = (others * onehot).sum(-1) == 0
         weights = torch.where(alone, torch.ones_like(agreement), agreement)
         return weights / weights.mean().clamp(min=1e-12)
+
+
+class SupportLoss(nn.Module):
+    """The inner loop's loss when it is not the task's own: a robust loss
+    (:mod:`mamlkit.core.robust_losses`) and/or per-example :class:`PrototypeAgreement` weights.
+
+    Built by :func:`support_loss_for` from a learner's ``inner_loss`` and ``support_weights``;
+    a module so that the weights' temperature is a parameter of the learner (meta-learned and
+    saved with it).
+    """
+
+    def __init__(self, loss: Callable[[Tensor, Tensor], Tensor] | None,
+                 per_example: PerExampleLoss | None, feature_module: str | None,
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.loss, self.per_example, self.feature_module = loss, per_example, feature_module
+        self.weighting = PrototypeAgreement().to(dtype) if feature_module is not None else None
+
+    def forward(self, model: nn.Module, run: Callable[[], Tensor], labels: Tensor) -> Tensor:
+        """The loss of the outputs ``run()`` computes for the support examples with ``labels``."""
+        if self.weighting is None:
+            return self.loss(run(), labels)
+        with captured_input(model.get_submodule(self.feature_module)) as captured:
+            outputs = run()
+        weights = self.weighting(captured[-1], labels, outputs.shape[-1])
+        return (weights * self.per_example(outputs, labels)).mean()
+
+
+def support_loss_for(model: nn.Module, loss_name: str, inner_loss: str | Callable | None,
+                     support_weights: str | None, allowed: bool, owner: str) -> SupportLoss | None:
+    """The :class:`SupportLoss` for a learner's options, or None when the inner loop uses the
+    task's own loss; ``ValueError`` with the fix for impossible combinations."""
+    if inner_loss is None and support_weights is None:
+        return None
+    if not allowed:
+        raise ValueError(f"{owner} computes its own inner-loop loss: inner_loss and support_weights "
+                         "apply to MAML, FOMAML, Meta-SGD, Reptile and iMAML.")
+    from mamlkit.core.losses import resolve_loss
+
+    name = inner_loss if isinstance(inner_loss, str) else loss_name if inner_loss is None else None
+    if inner_loss is None:
+        loss = None  # the weighted per-example form of the task's loss is used
+    elif isinstance(inner_loss, str) and inner_loss in ROBUST_LOSSES:
+        loss = ROBUST_LOSSES[inner_loss]
+    else:
+        loss = resolve_loss(inner_loss)
+    reference = next(model.parameters())
+    if support_weights is None:
+        return SupportLoss(loss, None, None, reference.dtype)
+    if support_weights not in SUPPORT_WEIGHTINGS:
+        raise ValueError(f"Unknown support_weights {support_weights!r}; choose one of "
+                         f"{', '.join(SUPPORT_WEIGHTINGS)} or None.")
+    if name not in CLASSIFICATION_LOSSES:
+        raise ValueError(f"support_weights={support_weights!r} weights support examples by class "
+                         f"agreement, which needs a classification loss "
+                         f"({', '.join(CLASSIFICATION_LOSSES)} by name), not {name!r}.")
+    return SupportLoss(loss, PER_EXAMPLE_LOSSES[name], last_linear(model), reference.dtype)

@@ -84,12 +84,16 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file."""
+    """Write ``text`` to ``path`` through a temporary file that is flushed to disk and then
+    renamed over ``path``: readers, and a process killed at any moment, see the old text or the
+    new one, never part of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     finally:

@@ -10,7 +10,6 @@ a single gather, so the cost per batch does not grow with a Python loop over exa
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mamlkit.datasets.lazy import LazyExamples
+from mamlkit.datasets.stream import EpisodeStream
 from mamlkit.tasks.base import TaskBatch
 
 Transform = Callable[[Tensor], Tensor]
@@ -59,7 +60,7 @@ class _Storage:
     stay fast when the CPUs are busy (torch's intra-op threads can stall on a loaded machine).
     """
 
-    flat: np.ndarray
+    flat: np.ndarray | LazyExamples  # both answer ``take(indices, axis=0)``
     offsets: np.ndarray  # [classes] int64: index of each class's first example in ``flat``
     counts: np.ndarray  # [classes] int64: number of examples of each class
 
@@ -73,7 +74,13 @@ class _Storage:
 
 
 def _storage_from(class_data: Any) -> _Storage:
-    """Flatten ``class_data`` (dense ``[C, E, ...]`` or a list of ``[n_c, ...]``) into storage."""
+    """Flatten ``class_data`` (dense ``[C, E, ...]``, a list of ``[n_c, ...]`` or
+    :class:`~mamlkit.datasets.lazy.LazyExamples`, read on demand) into storage."""
+    if isinstance(class_data, LazyExamples):
+        if class_data.num_classes == 0 or (class_data.counts == 0).any():
+            raise ValueError("lazy class data has a class without examples; drop empty classes.")
+        _check_dtype(np.empty(0, dtype=class_data.dtype))
+        return _Storage(class_data, class_data.offsets, class_data.counts)
     if isinstance(class_data, (Tensor, np.ndarray)):
         data = _as_array(class_data)
         if data.ndim < 2:
@@ -178,7 +185,9 @@ class EpisodeIndices:
 class EpisodeSampler:
     """Draws meta-batches of N-way K-shot classification episodes from class-grouped data.
 
-    ``class_data`` is either a dense CPU tensor/ndarray ``[classes, examples_per_class, ...]``
+    ``class_data`` is a :class:`~mamlkit.datasets.lazy.LazyExamples` (image folders, any torch or
+    Hugging Face dataset: only the examples an episode uses are loaded), or a dense CPU
+    tensor/ndarray ``[classes, examples_per_class, ...]``
     (uint8 images, other integer data such as token ids, or float features; memory maps work and
     are read lazily) or a list of per-class tensors ``[n_c, ...]`` of varying length.
     :meth:`sample` returns a :class:`mamlkit.TaskBatch` with ``support_x [tasks, ways*shots,
@@ -210,6 +219,22 @@ class EpisodeSampler:
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # picklable for DataLoader workers started by spawn/forkserver (a lock is not)
+        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        state["_generator"] = self._generator.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(state.pop("_generator"))
+        self.__dict__.update(state, _generator=generator, _lock=threading.Lock())
+
+    @property
+    def class_sizes(self) -> np.ndarray:
+        """Examples per class."""
+        return self._storage.counts
 
     # ------------------------------------------------------------------ properties
     @property
@@ -252,7 +277,7 @@ class EpisodeSampler:
         """The :class:`TaskBatch` for pre-drawn episode indices (one gather for all images)."""
         tasks = len(indices)
         shape = self.example_shape
-        x = np.take(self._storage.flat, indices.examples.numpy().reshape(-1), axis=0)
+        x = self._storage.flat.take(indices.examples.numpy().reshape(-1), axis=0)
         x = x.reshape(tasks, self.ways, self.shots + self.queries, *shape)
         # scaling a strided view writes a fresh contiguous array: no extra uint8 copy
         support_x = _to_tensor(x[:, :, : self.shots]).reshape(tasks, self.ways * self.shots, *shape)
@@ -341,93 +366,3 @@ class FixedEpisodes:
     def all(self) -> TaskBatch:
         """All episodes as one batch (mind the memory for large images)."""
         return self.sampler.gather(self.indices)
-
-
-_END = object()
-
-
-def _put(items: queue.Queue, item: tuple[Any, Any], stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            items.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _produce(
-    sampler: EpisodeSampler, generator: torch.Generator, num_tasks: int,
-    num_batches: int | None, items: queue.Queue, stop: threading.Event,
-) -> None:
-    """Producer loop of :class:`EpisodeStream`: (batch, generator state after it) pairs."""
-    made = 0
-    try:
-        while not stop.is_set() and (num_batches is None or made < num_batches):
-            indices = sampler.draw_indices(num_tasks, generator)
-            state = generator.get_state()
-            _put(items, (sampler.gather(indices), state), stop)
-            made += 1
-    except BaseException as error:  # surfaced to the consumer
-        _put(items, (error, None), stop)
-        return
-    _put(items, (_END, None), stop)
-
-
-class EpisodeStream:
-    """Iterator over meta-batches prefetched by a thread (see :meth:`EpisodeSampler.stream`)."""
-
-    def __init__(
-        self, sampler: EpisodeSampler, num_tasks: int, prefetch: int, num_batches: int | None
-    ) -> None:
-        if prefetch < 1:
-            raise ValueError(
-                f"prefetch must be >= 1, got {prefetch}; call sampler.sample() for no prefetch."
-            )
-        if num_batches is not None and num_batches < 0:
-            raise ValueError(f"num_batches must be >= 0 or None (endless), got {num_batches}.")
-        if not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}; pass e.g. 32.")
-        self.sampler, self.num_tasks, self.num_batches = sampler, int(num_tasks), num_batches
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._generator = torch.Generator()
-        self._generator.set_state(sampler.state_dict()["generator"])
-        # the thread gets no reference to the stream, so dropping the stream stops it (__del__)
-        self._thread = threading.Thread(
-            target=_produce,
-            args=(sampler, self._generator, self.num_tasks, num_batches, self._queue, self._stop),
-            daemon=True,
-        )
-        self._thread.start()
-
-    def __iter__(self) -> EpisodeStream:
-        return self
-
-    def __next__(self) -> TaskBatch:
-        if self._stop.is_set():
-            raise StopIteration
-        item, state = self._queue.get()
-        if item is _END:
-            self._stop.set()
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self._stop.set()
-            raise item
-        self.sampler.load_state_dict({"generator": state, "seed": self.sampler.seed})
-        return item
-
-    def close(self) -> None:
-        """Stop the background thread (the sampler keeps the state of the last yielded batch)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> EpisodeStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()

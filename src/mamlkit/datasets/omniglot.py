@@ -164,8 +164,9 @@ def _pil_image() -> ModuleType:
     return Image
 
 
-def _to_array(data: bytes, size: int, resample: str) -> np.ndarray:
-    """A PNG's bytes as a ``[size, size]`` uint8 image with ink = 255."""
+def preprocess_omniglot(data: bytes, size: int = 28, resample: str = "lanczos") -> np.ndarray:
+    """An Omniglot PNG's bytes as the loader's ``[size, size]`` uint8 image with ink = 255
+    (greyscale, resized with ``resample``, inverted; see the module docstring)."""
     Image = _pil_image()
     with Image.open(io.BytesIO(data)) as image:
         if resample == "lanczos":
@@ -184,7 +185,7 @@ def _decode(
     for c, (_, files) in enumerate(members):
         for d, member in enumerate(files):
             try:
-                out[c, d] = _to_array(read(member), size, resample)
+                out[c, d] = preprocess_omniglot(read(member), size, resample)
             except (zipfile.BadZipFile, OSError, ValueError) as error:  # PIL's are OSError
                 raise ValueError(
                     f"{where}: cannot read {member} ({type(error).__name__}: {error}). The file is "
@@ -215,6 +216,27 @@ def _decode_source(source: Path, set_name: str, size: int, resample: str) -> _De
     return _Decoded(images, [f"{set_name}/{name}" for name, _ in members])
 
 
+def _read_cache(array_path: Path, meta_path: Path, size: int) -> _Decoded | None:
+    """A cache entry whose array still has the sha256 recorded when it was written; ``None`` for
+    a missing, unreadable, damaged or unchecked (older) entry, which is then rebuilt."""
+    if not (array_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        names, recorded = meta["names"], meta.get("array_sha256")
+        if sha256_file(array_path) != recorded:
+            if recorded is not None:
+                warnings.warn(f"the Omniglot cache file {array_path} no longer matches its recorded "
+                              "sha256 (it was damaged); decoding the images again.", stacklevel=4)
+            return None
+        images = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if images.shape[0] != len(names) or images.shape[2:] != (size, size):
+        return None
+    return _Decoded(images, names)
+
+
 def _load_set(
     root: Path, set_name: str, size: int, resample: str, download: bool, cache_dir: Path | None,
     verify: str, mirror: str,
@@ -239,18 +261,14 @@ def _load_set(
         return _decode_source(source, set_name, size, resample)
     key = f"{set_name}-{digest[:16]}-{size}px-{resample}-v{_CACHE_VERSION}"
     array_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_path.is_file() and meta_path.is_file():
-        try:
-            names = json.loads(meta_path.read_text(encoding="utf-8"))["names"]
-            images = np.load(array_path, mmap_mode="r")
-            if images.shape[0] == len(names) and images.shape[2:] == (size, size):
-                return _Decoded(images, names)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache entry: rebuild it below
+    cached = _read_cache(array_path, meta_path, size)
+    if cached is not None:
+        return cached
     decoded = _decode_source(source, set_name, size, resample)
     try:
         save_npy_atomic(array_path, decoded.images)
         write_text_atomic(meta_path, json.dumps({"source": str(source), "sha256": digest,
+                                                 "array_sha256": sha256_file(array_path),
                                                  "names": decoded.names}))
     except OSError as error:
         warnings.warn(

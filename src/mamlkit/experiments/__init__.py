@@ -34,6 +34,12 @@ class Experiment:
     derived_defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     """Defaults that depend on other settings (e.g. Omniglot's 20-way meta-batch): called with
     the merged settings, see :meth:`defaults_for`."""
+    load: Callable[[TrainConfig, Path], Any] | None = None
+    """``load(config, run_dir)``: the run's trained learner (for :func:`mamlkit.load_run`)."""
+    check: Callable[[TrainConfig], None] | None = None
+    """Raises ``ValueError`` for settings this experiment cannot honour, reading and checking the
+    data a run would use, before any work (so a run folder is created only for a run that can
+    start)."""
 
     def defaults_for(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The experiment's defaults given the values the user chose (config file and options).
@@ -55,6 +61,7 @@ _REGISTRY: dict[str, str] = {
     "clinc150": "mamlkit.experiments.text:CLINC150",
     "fewrel": "mamlkit.experiments.text:FEWREL",
     "omniglot": "mamlkit.experiments.vision:OMNIGLOT",
+    "images": "mamlkit.experiments.images:IMAGES",
     "miniimagenet": "mamlkit.experiments.vision:MINIIMAGENET",
     "cifar-fs": "mamlkit.experiments.vision:CIFAR_FS",
     "nav2d": "mamlkit.experiments.rl:NAV2D",
@@ -74,6 +81,9 @@ def experiment_names() -> list[str]:
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``; ``ValueError`` listing the known names otherwise."""
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown task {name!r}. Known tasks: {', '.join(experiment_names())}.")
+        hint = (f" For a folder of images use: mamlkit train images --data-root {name}"
+                if Path(name).expanduser().is_dir() else "")
+        raise ValueError(f"Unknown task {name!r}. Known tasks: {', '.join(experiment_names())}."
+                         + hint)
     module, attribute = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), attribute)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mamlkit.algorithms import algorithm_label
-from mamlkit.checkpoint import load_checkpoint
+from mamlkit.checkpoint import load_weights
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import adaptation_curve, summarize_curve
@@ -25,6 +25,7 @@ from mamlkit.experiments.common import build_learner, save_config, setup_torch
 from mamlkit.models import sinusoid_mlp
 from mamlkit.tasks.regression import Linear, RegressionTasks, Sinusoid
 from mamlkit.train import meta_train
+from mamlkit.wording import count
 
 EVAL_QUERY_POINTS = 100
 """Query points per held-out task at evaluation (a dense estimate of the function error)."""
@@ -46,19 +47,29 @@ def _baseline_config(config: TrainConfig) -> TrainConfig:
                           "iterations": iterations, "seed": config.seed + 1})
 
 
+def check(config: TrainConfig) -> None:
+    """Regression has one model, the paper's 1-40-40-1 MLP: refuse settings that would pick another."""
+    if config.model not in ("", "mlp") or config.hidden:
+        raise ValueError(f"{config.task} uses the paper's 1-40-40-1 MLP; --model "
+                         f"{config.model or 'mlp'} and --hidden {config.hidden} do not apply. Drop "
+                         "these options.")
+
+
 def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Meta-train the MAML initialisation, then the pretrained baseline, into ``run_dir``."""
+    check(config)
     save_config(config, run_dir)
     summary: dict[str, Any] = {}
     runs = [("maml", config), ("pretrained", _baseline_config(config))]
     for name, cfg in runs:
         sub = run_dir / name
-        sub_resume = resume and (sub / "checkpoints" / "last.pt").is_file()
         setup_torch(cfg)
         learner = build_learner(cfg, sinusoid_mlp(), "mse").to(cfg.device)
         val = _tasks(cfg).fixed_tasks(cfg.val_tasks, VAL_SEED)
         start = time.perf_counter()
-        result = meta_train(learner, _tasks(cfg), cfg, sub, val_batch=val, resume=sub_resume)
+        title = f"meta-train {cfg.task}" if name == "maml" else f"pretrained baseline {cfg.task}"
+        result = meta_train(learner, _tasks(cfg), cfg, sub, val_batch=val, resume=resume,
+                            title=title)
         summary[name] = {"iterations": result.iteration, "train_seconds": result.elapsed_s,
                          "wall_seconds": time.perf_counter() - start,
                          "best_val_loss": result.best_metric, "stopped": result.stopped_early}
@@ -74,9 +85,7 @@ def _load(config: TrainConfig, run_dir: Path, name: str, inner_lr: float) -> Met
     setup_torch(config)
     learner = build_learner(config, sinusoid_mlp(), "mse", inner_lr=inner_lr,
                             inner_steps=config.eval_inner_steps).to(config.device)
-    ckpt = run_dir / name / "checkpoints" / "best.pt"
-    state = load_checkpoint(ckpt, map_location=config.device)["learner"]
-    learner.load_state_dict(state)
+    load_weights(learner, run_dir / name / "checkpoints" / "best.pt", config.device)
     return learner
 
 
@@ -100,7 +109,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
                                "test_tasks": config.test_tasks, "mse": {}}
     lines = [f"{config.task}: query MSE after k gradient steps, mean ± 95% CI over "
              f"{config.test_tasks} held-out tasks",
-             f"{'K':>3} {'model':<11} {'0 steps':>17} {'1 step':>17} {f'{steps} steps':>17}"]
+             f"{'K':>3} {'model':<11} {count(0, 'step'):>17} {count(min(1, steps), 'step'):>17} "
+             f"{count(steps, 'step'):>17}"]
     for shots in config.eval_shots:
         test = _tasks(config, shots, EVAL_QUERY_POINTS).fixed_tasks(config.test_tasks, TEST_SEED)
         curves = {}
@@ -115,7 +125,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
             from mamlkit.plots import plot_adaptation_curves
 
             plot_adaptation_curves(run_dir / "plots" / f"fig3_mse_vs_steps_k{shots}.png", curves,
-                                   "mean squared error", f"{config.task}, K={shots}")
+                                   "mean squared error", f"{config.task}: query MSE after k "
+                                   f"gradient steps, K={shots}")
     if config.plots:
         _figure2(config, run_dir, learners)
     table = "\n".join(lines)
@@ -129,6 +140,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _figure2(config: TrainConfig, run_dir: Path, learners: dict[str, MetaLearner]) -> None:
+    """Figure 2 of the paper: per model, the fits to three held-out tasks before adaptation and
+    after 1 and ``eval_inner_steps`` gradient steps on K support points."""
     from mamlkit.plots import plot_regression_fits
 
     shots = 10 if 10 in config.eval_shots else config.eval_shots[0]
@@ -136,18 +149,20 @@ def _figure2(config: TrainConfig, run_dir: Path, learners: dict[str, MetaLearner
     tasks = family.fixed_tasks(3, TEST_SEED + 1)
     grid = torch.linspace(*family.x_range, 200, device=config.device).view(1, -1, 1)
     truth = family.function(grid.expand(3, -1, -1), tasks.info)
-    fits = {}
+    fits: dict[str, dict[str, torch.Tensor]] = {}
     for label, learner in learners.items():
-        for steps in (1, config.eval_inner_steps):
+        curves = fits.setdefault(label, {})
+        for steps in sorted({0, 1, config.eval_inner_steps}):
             preds = []
             for t in range(3):
                 params = learner.adapt(tasks.support_x[t], tasks.support_y[t], steps=steps)
                 preds.append(learner.predict(params, grid[0]))
-            fits[f"{label}, {steps} grad step{'s' if steps > 1 else ''}"] = \
-                torch.stack(preds).squeeze(-1).cpu()
+            name = "pre-update" if steps == 0 else f"after {count(steps, 'grad step')}"
+            curves[name] = torch.stack(preds).squeeze(-1).cpu()
     plot_regression_fits(run_dir / "plots" / "fig2_regression_fits.png", grid.flatten().cpu(),
                          truth.squeeze(-1).cpu(), tasks.support_x.squeeze(-1).cpu(),
-                         tasks.support_y.squeeze(-1).cpu(), fits)
+                         tasks.support_y.squeeze(-1).cpu(), fits,
+                         title=f"{config.task}: few-shot adaptation to held-out tasks (K={shots})")
 
 
 # One intra-op thread: the sinusoid MLP is tiny, and thread synchronisation costs more than it saves.
@@ -162,6 +177,8 @@ SINUSOID = Experiment(
               "eval_shots": [5, 10, 20]},
     train=train,
     evaluate=evaluate,
+    check=check,
+    load=lambda config, run_dir: _load(config, run_dir, "maml", config.inner_lr),
 )
 
 LINEAR = Experiment(
@@ -171,4 +188,6 @@ LINEAR = Experiment(
               "inner_lr": 0.1, "eval_shots": [1, 2, 5], "val_every": 500},
     train=train,
     evaluate=evaluate,
+    check=check,
+    load=lambda config, run_dir: _load(config, run_dir, "maml", config.inner_lr),
 )

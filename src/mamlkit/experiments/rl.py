@@ -15,6 +15,7 @@ from typing import Any
 from mamlkit.config import TrainConfig
 from mamlkit.experiments import Experiment
 from mamlkit.experiments.common import save_config
+from mamlkit.wording import count
 
 
 def rl_config(config: TrainConfig) -> Any:
@@ -53,7 +54,7 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     steps = len(next(iter(results.values())))
     lines = [f"{config.task}: average return after k adaptation steps, mean ± 95% CI over "
              f"{config.test_tasks} new tasks",
-             f"{'policy':<12}" + "".join(f"{f'{k} steps':>18}" for k in range(steps))]
+             f"{'policy':<12}" + "".join(f"{count(k, 'step'):>18}" for k in range(steps))]
     for label, estimates in results.items():
         lines.append(f"{label:<12}" + "".join(f"{f'{e.mean:.2f} ± {e.ci95:.2f}':>18}"
                                               for e in estimates))
