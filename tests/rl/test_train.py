@@ -81,6 +81,7 @@ def test_resume_can_extend_a_run(tmp_path: Path) -> None:
     assert all(torch.equal(v, extended[k]) for k, v in expected.items())
     saved = json.loads((tmp_path / "extended" / "config.json").read_text())
     assert saved["meta_iterations"] == 3
+    assert saved["provenance"]["torch_version"] == torch.__version__  # rewritten on resume
 
 
 def test_configuration_errors(tmp_path: Path) -> None:

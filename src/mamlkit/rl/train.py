@@ -153,7 +153,7 @@ def build_policy(config: RLConfig, sampler: TaskSampler) -> GaussianMLPPolicy:
 def _load_or_check_config(config: RLConfig, run_dir: Path, resume: bool) -> None:
     path = run_dir / "config.json"
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = _saved_config(path)
         if not resume:
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass resume=True to continue it or choose a new "
@@ -168,14 +168,26 @@ def _load_or_check_config(config: RLConfig, run_dir: Path, resume: bool) -> None
                 "saved config (RLConfig.from_dict(json.load(...))) or start a new run directory"
             )
         if changed:
-            path.write_text(json.dumps(config.to_dict(), indent=2))
+            _write_config(path, config)
     else:
         if resume:
             raise FileNotFoundError(
                 f"nothing to resume in {run_dir} (no config.json); start it with resume=False"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config.to_dict(), indent=2))
+        _write_config(path, config)
+
+
+def _write_config(path: Path, config: RLConfig) -> None:
+    """``config.json``: the settings and their provenance (:func:`mamlkit.provenance.provenance`)."""
+    from mamlkit.provenance import provenance
+
+    path.write_text(json.dumps({**config.to_dict(), "provenance": provenance()}, indent=2))
+
+
+def _saved_config(path: Path) -> dict:
+    """The settings of a run's ``config.json``, without its provenance record."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "provenance"}
 
 
 def _trim_csv(path: Path, keep: dict[str, int]) -> None:
@@ -289,7 +301,7 @@ def evaluate_rl(run_dir: str | Path, plot: bool = True) -> dict[str, list[Estima
         raise FileNotFoundError(
             f"{run_dir} has no config.json; train first with train_rl(config, run_dir)"
         )
-    config = RLConfig.from_dict(json.loads(config_path.read_text()))
+    config = RLConfig.from_dict(_saved_config(config_path))
     if config.threads:
         torch.set_num_threads(config.threads)
     sampler = TaskSampler(config.env, config.horizon)
