@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamlkit.core.learner import MetaLearner
-from mamlkit.core.losses import accuracy
 from mamlkit.core.support_weights import captured_input, last_linear
-from mamlkit.evaluate import Estimate, mean_ci
+from mamlkit.evaluate import Estimate, episode_scores, mean_ci
 from mamlkit.noise import SupportNoise, corrupt_support, same_episode_seed
 from mamlkit.tasks.base import TaskBatch
 
@@ -39,16 +38,10 @@ def adapted_score(learner: MetaLearner, steps: int, metric: str | None = None) -
     if metric not in (None, "query_accuracy", "query_loss"):
         raise ValueError(f"metric must be query_accuracy or query_loss, got {metric!r}.")
     use_accuracy = metric == "query_accuracy" or (metric is None and learner.classification)
+    key = "query_accuracy" if use_accuracy else "query_loss"
 
     def score(batch: TaskBatch) -> Tensor:
-        results = []
-        for i in range(batch.num_tasks):  # only the final step is scored
-            params = learner.adapt(batch.support_x[i], batch.support_y[i], steps)
-            with torch.no_grad():
-                outputs = learner.predict(params, batch.query_x[i])
-                results.append(accuracy(outputs, batch.query_y[i]) if use_accuracy
-                               else learner.loss_fn(outputs, batch.query_y[i]))
-        return torch.stack(results)
+        return episode_scores(learner, batch, [steps])[key][0]  # only that step is scored
 
     return score
 
