@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,12 +76,19 @@ def set_process_environment(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def run_two_processes(worker: Callable[..., None], out: Path) -> list[dict]:
-    """Run ``worker(rank, port, out)`` in two forked processes (no second import of torch and
-    the frameworks; the parent runs one intra-op thread, so no thread pool is forked) and return
-    what each saved as ``out/rank{rank}.pt``."""
-    mp.start_processes(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True,
-                       start_method="fork")
+def run_two_processes(worker: Callable[..., None], out: Path, deadline_s: float = 300.0) -> list[dict]:
+    """Run ``worker(rank, port, out)`` in two spawned processes and return what each saved as
+    ``out/rank{rank}.pt``. Spawned, not forked: a fork taken while another thread of the test
+    process holds a lock (a compile worker, a task-thread pool, a logging handler) can leave the
+    child waiting forever. Past ``deadline_s`` both processes are killed and the test fails."""
+    context = mp.start_processes(worker, args=(free_port(), str(out)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    start = time.monotonic()
+    while not context.join(timeout=5):
+        if time.monotonic() - start > deadline_s:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the two processes did not finish within {deadline_s:.0f} s")
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
