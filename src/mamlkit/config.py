@@ -39,6 +39,8 @@ class TrainConfig:
     """Support examples per class (classification) or points per task (regression)."""
     queries: int = 10
     """Query examples per class (classification) or points per task (regression)."""
+    trajectories: int = 20
+    """Rollouts per task at every inner step and after adaptation (reinforcement learning)."""
     inner_lr: float = 0.01
     """Inner-loop (adaptation) learning rate."""
     inner_steps: int = 1
@@ -161,7 +163,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
-        positive = ["shots", "queries", "meta_batch_size", "iterations", "test_tasks", "val_tasks"]
+        positive = ["shots", "queries", "trajectories", "meta_batch_size", "iterations", "test_tasks",
+                    "val_tasks"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
