@@ -13,6 +13,7 @@ from mamlkit import LoopConfig
 from mamlkit.checkpoint import load_checkpoint
 from mamlkit.rl import maml_trpo
 from mamlkit.rl.train import RLSettings, evaluate_rl, train_rl
+from mamlkit.train import NonFiniteError
 
 TINY = dict(trajectories=3, pretrain_iterations=2, hidden_sizes=(8, 8), horizon=10, eval_tasks=3,
             eval_steps=2)
@@ -118,3 +119,32 @@ def test_a_resume_that_changes_the_policy_is_refused_before_writing(tmp_path: Pa
     with pytest.raises(ValueError, match="does not fit this model or algorithm.*size mismatch"):
         train_rl(wider, LoopConfig(**{**LOOP.to_dict(), "iterations": 4}), run, resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_non_finite_trpo_step_is_undone_then_stops_or_is_skipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_step = maml_trpo.MAMLTRPO.step
+    calls = {"n": 0}
+
+    def second_step_diverges(self, tasks, seed):
+        calls["n"] += 1
+        metrics = real_step(self, tasks, seed)
+        if calls["n"] == 2:
+            with torch.no_grad():
+                next(self.policy.parameters()).fill_(float("nan"))
+            metrics["surrogate_after"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(maml_trpo.MAMLTRPO, "step", second_step_diverges)
+    config = RLSettings(**{**TINY, "pretrain_iterations": 0})
+    with pytest.raises(NonFiniteError, match="meta-iteration 2 .*last.pt \\(iteration 1\\)"):
+        train_rl(config, LOOP, tmp_path / "stop")
+    kept = load_checkpoint(tmp_path / "stop" / "maml" / "checkpoints" / "last.pt")
+    assert kept["iteration"] == 1 and all(torch.isfinite(v).all() for v in kept["learner"].values())
+    calls["n"] = 0
+    skip = LoopConfig(**{**LOOP.to_dict(), "on_nonfinite": "skip"})
+    with pytest.warns(UserWarning, match="1 of 3 meta-iterations had a non-finite loss"):
+        result = train_rl(config, skip, tmp_path / "skip")["maml"]
+    assert result.skipped_steps == 1 and result.iteration == 3
+    assert [r["skipped_steps"] for r in _rows(tmp_path / "skip" / "maml")] == ["0", "1", "1"]
+    assert all(torch.isfinite(v).all() for v in _policy(tmp_path / "skip").values())
