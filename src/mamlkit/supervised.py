@@ -22,6 +22,7 @@ from mamlkit.checkpoint import rng_state, set_rng_state
 from mamlkit.core.learner import MetaLearner
 from mamlkit.core.model_io import first_leaf, index_tree, select_output
 from mamlkit.distributed import (
+    SINGLE_PROCESS,
     DistributedContext,
     all_reduce_sums,
     broadcast_module,
@@ -145,7 +146,7 @@ def check_model_fits_task(learner: MetaLearner, batch: TaskBatch) -> None:
 
 
 def validate(learner: MetaLearner, batch: TaskBatch, steps: int,
-             context: DistributedContext) -> dict[str, float]:
+             context: DistributedContext = SINGLE_PROCESS) -> dict[str, float]:
     """Mean query loss (and accuracy) after ``steps`` adaptation steps on held-out tasks.
 
     ``batch`` is this process's share of the validation tasks; the per-task sums are added up

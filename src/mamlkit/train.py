@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mamlkit.checkpoint import remove_stale_temporaries, save_checkpoint
+from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.distributed import SINGLE_PROCESS, DistributedContext, barrier, current_context, run_on_main
 from mamlkit.integrations.wandb import log_row as log_wandb_row
@@ -106,7 +107,7 @@ class TrainResult:
 def meta_train(
     learner: MetaLearner,
     tasks: TaskSampler,
-    config: Any = None,
+    config: LoopConfig | TrainConfig | Mapping[str, Any] | None = None,
     run_dir: str | Path = "",
     *,
     val_batch: TaskBatch | None = None,
@@ -124,7 +125,8 @@ def meta_train(
         config: the loop's settings: a :class:`~mamlkit.loop_config.LoopConfig`, a
             :class:`~mamlkit.config.TrainConfig` (only its loop fields are read) or a dict of
             loop settings; ``settings`` (keywords) add to or override them. A dict key or keyword
-            the loop does not use raises ``ValueError`` naming it.
+            the loop does not use raises ``ValueError`` naming it. Checkpoints record a
+            ``TrainConfig`` whole (under ``config``), else the loop's settings.
         run_dir: where ``checkpoints/``, ``metrics.csv`` and ``tensorboard/`` go.
         val_batch: fixed held-out tasks; validated every ``val_every`` iterations and used to
             keep ``checkpoints/best.pt`` (lowest loss, or highest accuracy when classifying; a
@@ -145,7 +147,7 @@ def meta_train(
         loop = loop_config(loop, title=title)
     context = current_context() if distributed is None else distributed
     step = SupervisedStep(learner, tasks, loop, context, val_batch)
-    record = config if hasattr(config, "to_dict") else loop  # a TrainConfig records it all
+    record = config if isinstance(config, TrainConfig) else loop
     return train_loop(step, loop, run_dir, resume=resume, context=context, progress=progress,
                       record=record)
 
