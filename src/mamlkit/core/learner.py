@@ -1,47 +1,48 @@
 """The shared driver of every gradient-based meta-learning algorithm.
 
 :class:`MetaLearner` owns what all algorithms of the MAML family have in common: the functional
-view of an unmodified ``nn.Module`` (``torch.func.functional_call``), the inner loop, first- vs
-second-order meta-gradients, batching over tasks (``torch.func.vmap``, a per-task loop, or chunks
-of either), the BatchNorm policy and test-time adaptation. An algorithm subclasses it and
-overrides only what is specific to it:
+view of an unmodified ``nn.Module`` (``torch.func.functional_call``), the support and query
+losses, the BatchNorm policy, input checks and test-time adaptation. The work behind it lives in
+seams that each say one thing: the update rule is a value (:mod:`mamlkit.core.inner_optim`), the
+inner loop is one function (:mod:`mamlkit.core.inner_loop`), and how a meta-batch runs (vmap,
+loop, chunks, compiled, task threads) is :mod:`mamlkit.core.execution`'s. An algorithm states
+what is specific to it:
 
-- :meth:`MetaLearner.inner_update`: how adapted parameters move given their gradients
-  (plain SGD here; learned per-element rates in Meta-SGD, per-step rates in MAML++);
-- :meth:`MetaLearner.task_objective`: what one task contributes to the outer loss
-  (query loss after adaptation here; multi-step loss in MAML++; a Reptile or implicit surrogate).
+- ``inner_optimizer``: the rule adapted parameters move by (SGD here; learned per-element rates
+  in Meta-SGD, per-step rates in MAML++, Adam in Reptile and iMAML);
+- :meth:`MetaLearner.inner_problem`: what adapts, from which start, on which loss (the adapted
+  parameters on the support loss here; the head on body features in ANIL);
+- :meth:`MetaLearner.task_objective`: what one task contributes to the outer loss, as
+  ``(loss, state, metrics)`` (query loss after adaptation here; multi-step loss in MAML++; a
+  Reptile or implicit surrogate), and :meth:`MetaLearner.absorb` for the tasks' state;
+- class-level declarations of what its objective supports (``task_threads_safe``,
+  ``compiled_meta_gradient``, ``custom_support_loss``).
 
 Everything works on parameter dicts, so the user's module is never cloned or patched.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
 
 from mamlkit.core.adaptation import adaptation_curve
-from mamlkit.core.batching import (
-    check_inner_lr,
-    iterate_chunks,
-    refuse_vmap,
-    vmap_blocker,
-)
-from mamlkit.core.gradients import autograd_grad_and_value, functorch_grad_and_value
-from mamlkit.core.kernels import DifferentiableKernels, explain_kernel_error, kernel_needs
+from mamlkit.core.batching import check_inner_lr
+from mamlkit.core.execution import Execution, check_task_threads
+from mamlkit.core.inner_loop import InnerProblem, InnerResult, inner_loop
+from mamlkit.core.inner_optim import SGD, FixedRates, InnerOptimizer
+from mamlkit.core.kernels import DifferentiableKernels, kernel_needs
 from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
 from mamlkit.core.model_io import (
     ForwardFn,
     OutputSelector,
     call_model,
     describe,
-    first_leaf,
     index_tree,
     select_output,
     shape_key,
@@ -57,8 +58,6 @@ from mamlkit.core.params import (
     select_names,
 )
 from mamlkit.core.support_weights import SupportLoss, support_loss_for
-from mamlkit.core.task_threads import map_interleaved
-from mamlkit.core.transforms import plain_autograd_available
 from mamlkit.tasks.base import TaskBatch
 
 BATCHING_MODES = ("auto", "vmap", "loop")
@@ -66,10 +65,9 @@ BATCHING_MODES = ("auto", "vmap", "loop")
 one task at a time, ``auto`` picks per model and device (see :meth:`MetaLearner.batching_for`)."""
 
 Metrics = dict[str, Tensor]
-
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-               nn.ConvTranspose3d)
-_RANDOM_TYPES = (nn.modules.dropout._DropoutNd, nn.RReLU)
+TaskOutput = tuple[Tensor, Any, Metrics]
+"""What :meth:`MetaLearner.task_objective` returns for one task: the outer loss, the auxiliary
+task state (a pytree of tensors, ``{}`` for none; see :meth:`MetaLearner.absorb`) and metrics."""
 
 
 class MetaLearner(nn.Module):
@@ -122,6 +120,14 @@ class MetaLearner(nn.Module):
     """Whether :meth:`task_objective` may run for several tasks at once on different threads
     (no state shared between calls; an algorithm that hooks into the model sets it False)."""
 
+    compiled_meta_gradient: bool = True
+    """Whether ``compile=True`` may differentiate the objective with ``torch.func.grad`` inside
+    one compiled graph in :meth:`meta_backward`; otherwise the compiled objective is
+    backpropagated by autograd (see ``compile``)."""
+
+    meta_trainable: bool = True
+    """Whether meta-training changes anything (a training loop may skip the outer updates)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -158,7 +164,7 @@ class MetaLearner(nn.Module):
             raise ValueError(f"Unknown batching {batching!r}; choose one of {BATCHING_MODES}.")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of tasks, got {chunk_size}.")
-        self._check_task_threads(task_threads, compile)
+        check_task_threads(self, task_threads, compile)
         self.model = model
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -174,21 +180,15 @@ class MetaLearner(nn.Module):
         self.aliases = parameter_aliases(model)
         self.adapted_names = select_names(named_params(model), adapt, self.aliases)
         self.inner_lr = check_inner_lr(inner_lr, self.adapted_names, self.aliases)
-        self._norm_mode = (ComposableNorms(batchnorm == "transductive")
-                           if has_norm_layers(model) else None)
+        self.inner_optimizer: InnerOptimizer = SGD(FixedRates(self.inner_lr))
+        self.norms: ComposableNorms | None = (ComposableNorms(batchnorm == "transductive")
+                                              if has_norm_layers(model) else None)
         needs = kernel_needs(model)
         self._kernels = DifferentiableKernels(needs) if needs else None
-        self._has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
-        self._draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
         self.task_threads = task_threads
-        self._warm_compiled: set[tuple] = set()
-        self._threads_failed = False
-        self._vmap_failed = False
         self._checked_shapes: set[tuple] = set()
         self.use_compile = bool(compile)
-        self._compiled: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {}
-        self._compile_failed = False
-        self._compiled_meta_gradients: dict[str, Callable[..., Any]] = {}
+        self.execution = Execution(self)
         self.inner_loss_name = inner_loss if isinstance(inner_loss, str) or inner_loss is None \
             else getattr(inner_loss, "__name__", "custom")
         self.support_objective: SupportLoss | None = support_loss_for(
@@ -205,12 +205,12 @@ class MetaLearner(nn.Module):
         ``params`` in place of its own, with ``buffers`` (default: the module's), and with the
         kernels it needs routed to exactly differentiable ones (:mod:`mamlkit.core.kernels`)."""
         buffers = named_buffers(self.model) if buffers is None else buffers
-        if self._norm_mode is not None and self.batchnorm == "transductive":
+        if self.norms is not None and self.batchnorm == "transductive":
             # Batch statistics only: BatchNorm's step counter is hidden (None for the call), so
             # nothing is mutated inside a transform.
             buffers = {n: None if n.endswith("num_batches_tracked") else b
                        for n, b in buffers.items()}
-        return self.run_model(params, buffers, x, self._norm_mode)
+        return self.run_model(params, buffers, x, self.norms)
 
     def run_model(self, params: Params, buffers: Params, x: Any, *contexts: Any) -> Any:
         """The model on ``x`` with ``params`` and ``buffers``, under ``contexts`` (None entries
@@ -245,62 +245,62 @@ class MetaLearner(nn.Module):
             self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)
         return _scalar_loss(loss)
 
-    def inner_lrs(self, step: int) -> Mapping[str, float | Tensor]:
-        """Learning rate of each adapted parameter at inner step ``step`` (algorithm hook)."""
-        return self.inner_lr
-
+    # ------------------------------------------------------------------ the inner loop
     def inner_update(self, fast: Params, grads: Params, step: int) -> Params:
-        """One inner-loop update of the adapted parameters (algorithm hook; SGD here)."""
-        lrs = self.inner_lrs(step)
-        return {name: value - lrs[name] * grads[name] for name, value in fast.items()}
+        """One step of a stateless ``inner_optimizer`` (SGD with fixed, learned or per-step
+        rates), through which the inner loop routes such rules."""
+        return self.inner_optimizer.update(grads, (), fast, step)[0]
 
-    def inner_loop(
-        self,
-        params: Params,
-        support_x: Any,
-        support_y: Tensor,
-        steps: int,
-        first_order: bool,
-    ) -> tuple[list[Params], list[Tensor]]:
+    def inner_problem(self, params: Params, support_x: Any, support_y: Any, first_order: bool
+                      ) -> InnerProblem:
+        """What adapts, from where, on which loss, for one task (algorithm hook).
+
+        Here: the adapted parameters start at ``params`` and follow :meth:`support_loss` with
+        the other parameters fixed (detached under ``first_order``, whose gradients are
+        constants); every step's parameters are the full dict. An algorithm may adapt something
+        else (a head on body features, context parameters, a head built from prototypes) by
+        returning another :class:`~mamlkit.core.inner_loop.InnerProblem`.
+        """
+        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
+        frozen_inner = {n: p.detach() for n, p in frozen.items()} if first_order else frozen
+
+        def loss(fast: Params, step: int) -> tuple[Tensor, dict]:
+            return self.support_loss({**frozen_inner, **fast}, support_x, support_y), {}
+
+        return InnerProblem(start={n: params[n] for n in self.adapted_names}, loss=loss,
+                            assemble=lambda fast, step: {**frozen, **fast})
+
+    def run_inner_loop(self, params: Params, support_x: Any, support_y: Any, steps: int,
+                       first_order: bool, keep_all: bool = True) -> InnerResult:
+        """:meth:`inner_problem` adapted by ``inner_optimizer`` for ``steps`` steps through the
+        package's one inner loop (:func:`mamlkit.core.inner_loop.inner_loop`)."""
+        optimizer = self.inner_optimizer
+        update = None
+        if optimizer.stateless:
+            def update(grads: Params, state: Any, fast: Params, step: int) -> tuple[Params, Any]:
+                return self.inner_update(fast, grads, step), state
+        return inner_loop(self.inner_problem(params, support_x, support_y, first_order),
+                          optimizer, steps, first_order, update=update, keep_all=keep_all)
+
+    def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
+                   first_order: bool) -> tuple[list[Params], list[Tensor]]:
         """Adapt ``params`` to one task's support set.
 
         Returns the full parameter dicts after 0, 1, ..., ``steps`` updates and the support loss
         before each update. The graph back to ``params`` is kept unless ``first_order`` (then the
-        inner gradients are treated as constants) or autograd is off.
-
-        Under ``first_order`` the gradients are computed on detached parameters, so no graph of
-        the inner backward pass is recorded at all (the same constants, at the cost of a plain
-        backward pass); the support losses returned then carry no graph either. Outside any
-        ``torch.func`` transform (the per-task loop) the gradients come from
-        ``torch.autograd.grad``, which skips functorch's wrapping of every tensor (same values).
+        inner gradients are treated as constants and no graph of the inner backward pass is
+        recorded; the support losses carry no graph either) or autograd is off. Outside any
+        ``torch.func`` transform the gradients come from ``torch.autograd.grad`` (same values).
         """
-        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
-        fast = {n: params[n] for n in self.adapted_names}
-        if first_order:
-            frozen_inner = {n: p.detach() for n, p in frozen.items()}
-        else:
-            frozen_inner = frozen
+        result = self.run_inner_loop(params, support_x, support_y, steps, first_order)
+        return result.trajectory, result.losses
 
-        def support_loss(fast_params: Params) -> Tensor:
-            return self.support_loss({**frozen_inner, **fast_params}, support_x, support_y)
-
-        trajectory = [params]
-        losses = []
-        gradient = autograd_grad_and_value if plain_autograd_available() else functorch_grad_and_value
-        for step in range(steps):
-            if first_order:
-                grads, loss = gradient(support_loss, {n: p.detach() for n, p in fast.items()})
-            else:
-                grads, loss = gradient(support_loss, fast)
-            fast = self.inner_update(fast, grads, step)
-            trajectory.append({**frozen, **fast})
-            losses.append(loss)
-        return trajectory, losses
-
+    # ------------------------------------------------------------------ the outer objective
     def task_objective(
         self, params: Params, support_x: Any, support_y: Tensor, query_x: Any, query_y: Tensor
-    ) -> tuple[Tensor, Metrics]:
-        """One task's contribution to the outer loss, and its metrics (algorithm hook).
+    ) -> TaskOutput:
+        """One task's contribution to the outer loss, its auxiliary state and its metrics
+        (algorithm hook; see :data:`TaskOutput`).
 
         MAML: adapt on the support set, score the adapted parameters on the query set.
         """
@@ -308,11 +308,17 @@ class MetaLearner(nn.Module):
             params, support_x, support_y, self.inner_steps, self.first_order
         )
         loss, outputs = self.task_loss(trajectory[-1], query_x, query_y)
-        return loss, self._metrics(loss, outputs, query_y, support_losses)
+        return loss, {}, self.query_metrics(loss, outputs, query_y, support_losses)
 
-    def _metrics(
+    def absorb(self, state: Any) -> None:
+        """Fold the tasks' auxiliary state (stacked ``[tasks, ...]``) into the learner after a
+        batch's objective has run (algorithm hook; MAML++'s per-step BatchNorm statistics). No
+        state here."""
+
+    def query_metrics(
         self, loss: Tensor, outputs: Tensor, targets: Tensor, support_losses: list[Tensor]
     ) -> Metrics:
+        """The standard metrics of one task: query loss, first support loss, query accuracy."""
         metrics = {"query_loss": loss.detach()}
         if support_losses:
             metrics["support_loss"] = support_losses[0].detach()
@@ -320,7 +326,7 @@ class MetaLearner(nn.Module):
             metrics["query_accuracy"] = accuracy(outputs.detach(), targets)
         return metrics
 
-    # ------------------------------------------------------------------ batching over tasks
+    # ------------------------------------------------------------------ execution
     def batching_for(self, batch: TaskBatch) -> str:
         """The batching mode used for ``batch``.
 
@@ -333,95 +339,30 @@ class MetaLearner(nn.Module):
         alive at once); it falls back to ``loop`` for any model that ``vmap`` cannot handle.
         Measurements: ``docs/performance.md``.
         """
-        if self.batching == "loop":
-            return "loop"
-        blocker = vmap_blocker(self.model, self.batchnorm)
-        if self.batching == "vmap":
-            if blocker is not None:
-                raise ValueError(blocker)
-            return "vmap"
-        if self._vmap_failed or blocker is not None:
-            return "loop"
-        on_cpu = first_leaf(batch.support_x).device.type == "cpu"
-        return "loop" if (self._has_conv and on_cpu) else "vmap"
+        return self.execution.batching_for(batch)
 
     def batched_objective(self, batch: TaskBatch, mode: str | None = None) -> tuple[Tensor, Metrics]:
-        """Per-task losses ``[tasks]`` and metrics for a batch, with the graph to the meta-params."""
+        """Per-task losses ``[tasks]`` and metrics for a batch, with the graph to the
+        meta-params; the tasks' state is passed to :meth:`absorb`."""
         self._check_batch(batch)
-        mode = mode or self.batching_for(batch)
-        params = self.meta_params()
-        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        if self.use_compile and self._norm_mode is not None:
-            self._norm_mode.vmapped = mode == "vmap"  # read by compiled code, no stack lookup
-        if mode == "vmap":
-            try:
-                return self._objective("vmap")(params, *args)
-            except (ValueError, TypeError):
-                raise  # bad input: the same in the loop, said by the check that raised it
-            except Exception as error:  # noqa: BLE001 - auto: any failure under vmap -> loop
-                if self.batching != "auto":
-                    raise refuse_vmap(error) from error
-                warnings.warn(
-                    f"torch.func.vmap cannot batch this model over tasks ({type(error).__name__}: "
-                    f"{error}); falling back to a per-task loop. Pass batching='loop' to skip "
-                    "the attempt.", RuntimeWarning, stacklevel=2)
-                self._vmap_failed = True
-        objective = self._objective("loop")
-        results = [objective(params, *(index_tree(a, i) for a in args))
-                   for i in range(batch.num_tasks)]
-        losses = torch.stack([loss for loss, _ in results])
-        metrics = {k: torch.stack([m[k] for _, m in results]) for k in results[0][1]}
+        losses, state, metrics = self.execution.batched_objective(batch, mode)
+        self.absorb(state)
         return losses, metrics
 
-    def _eager_objective(self, mode: str) -> Callable[..., tuple[Tensor, Metrics]]:
-        """``task_objective`` over a batch (``vmap``) or one task (``loop``)."""
-        if mode == "vmap":
-            return vmap(self.task_objective, in_dims=(None, 0, 0, 0, 0), randomness="different")
-        return self.task_objective
-
-    def _objective(self, mode: str) -> Callable[..., tuple[Tensor, Metrics]]:
-        """:meth:`_eager_objective`, compiled if asked."""
-        eager = self._eager_objective(mode)
-        if not self.use_compile or self._compile_failed:
-            return eager
-        if mode not in self._compiled:
-            compiled = _compile(eager, self._device())
-
-            def run(*args: Any) -> tuple[Tensor, Metrics]:
-                if self._compile_failed:
-                    return eager(*args)
-                try:
-                    return compiled(*args)
-                except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
-                    self._warn_compile_failure(error)
-                    return eager(*args)
-
-            self._compiled[mode] = run
-        return self._compiled[mode]
-
     def forward(self, support_x: Any, support_y: Tensor, query_x: Any, query_y: Tensor,
-                batched: bool = True) -> tuple[Tensor, Metrics]:
-        """Outer losses and metrics: per task (``[tasks]``, ``vmap``-ped) for a batch, or scalars
-        for one task's tensors (no task dimension) when ``batched`` is False.
+                batched: bool = True, with_state: bool = False) -> tuple[Tensor, ...]:
+        """Outer losses and metrics (and the tasks' state, ``with_state``): per task
+        (``[tasks]``, ``vmap``-ped) for a batch, or scalars for one task's tensors (no task
+        dimension) when ``batched`` is False.
 
         The learner as a function of all its parameters (the model's and any the algorithm
         learns, such as Meta-SGD's rates), which is what the compiled meta-gradient
         differentiates through ``torch.func.functional_call``. Prefer :meth:`meta_loss` or
         :meth:`meta_backward`, which also check the batch and pick the batching mode.
         """
-        return self._eager_objective("vmap" if batched else "loop")(
+        losses, state, metrics = self.execution.eager_objective("vmap" if batched else "loop")(
             self.meta_params(), support_x, support_y, query_x, query_y)
-
-    def _uses_compiled_meta_gradient(self) -> bool:
-        """Whether :meth:`meta_backward` takes the compiled ``torch.func.grad`` path: asked for
-        (``compile=True``) and the algorithm keeps the shared batching (an override of
-        :meth:`batched_objective`, such as MAML++'s running statistics, needs the autograd path)."""
-        return self.use_compile and not self._compile_failed and self._keeps_shared_batching()
-
-    @classmethod
-    def _keeps_shared_batching(cls) -> bool:
-        """Whether the algorithm uses the driver's :meth:`batched_objective` (MAML++ does not)."""
-        return cls.batched_objective is MetaLearner.batched_objective
+        return (losses, state, metrics) if with_state else (losses, metrics)
 
     def task_threads_for(self, batch: TaskBatch) -> int:
         """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over.
@@ -439,138 +380,20 @@ class MetaLearner(nn.Module):
         under the ``module`` policy (running statistics): state that threads would share. An
         explicit count applies as given. Either is capped at the number of tasks.
         """
-        if (self.batching_for(batch) != "loop" or first_leaf(batch.query_y).device.type != "cpu"
-                or not self._uses_compiled_meta_gradient() or not self.task_threads_safe
-                or self._threads_failed):
-            return 1
-        if self.task_threads is not None:
-            return max(1, min(self.task_threads, batch.num_tasks))
-        module_norms = self._norm_mode is not None and self.batchnorm == "module"
-        hooked = _has_hooks(self.model) or self.support_objective is not None  # per-call hooks
-        if self._draws_random or module_norms or hooked:
-            return 1
-        return max(1, min(torch.get_num_threads(), batch.num_tasks))
+        return self.execution.task_threads_for(batch)
 
     def execution_summary(self, batch: TaskBatch) -> str:
         """How :meth:`meta_backward` runs ``batch``, in one line (printed when training starts):
         the batching mode, compiled or eager, and the task threads."""
-        mode = self.batching_for(batch)
-        parts = [f"batching {mode}"]
-        if mode == "vmap" and self.chunk_size and self.chunk_size < batch.num_tasks:
-            parts[0] += f" in chunks of {self.chunk_size} tasks"
-        parts.append("compiled" if self.use_compile and not self._compile_failed else "eager")
-        threads = self.task_threads_for(batch)
-        if threads > 1:
-            parts.append(f"on {threads} task threads")
-        return ", ".join(parts)
+        return self.execution.summary(batch)
 
-    def _compiled_gradient(self, chunk: TaskBatch, trainable: Params, factor: Tensor, mode: str,
-                           threaded: bool) -> tuple[Params, Tensor, Metrics] | None:
-        """``factor`` times the gradient of the chunk's summed losses with respect to every
-        trainable parameter (``trainable``: their detached values), from one compiled call of
-        ``torch.func.grad`` (see ``compile`` in the class docstring), and the chunk's losses and
-        metrics; under ``loop`` the chunk is one task. ``threaded`` selects the variant compiled
-        for worker threads. None, after a warning, if compilation failed (for that variant only,
-        if ``threaded``)."""
-        batched = mode == "vmap"
-        key = (mode, threaded)
-        if key not in self._compiled_meta_gradients:
-            def scaled_loss(trainable: Params, factor: Tensor, *args: Any
-                            ) -> tuple[Tensor, tuple[Tensor, Metrics]]:
-                losses, metrics = functional_call(self, trainable, args, {"batched": batched},
-                                                  strict=False)
-                return losses.sum() * factor.to(losses.dtype), (losses.detach(), metrics)
+    @property
+    def _compile_failed(self) -> bool:
+        return self.execution.compiled.failed
 
-            self._compiled_meta_gradients[key] = _compile(
-                grad_and_value(scaled_loss, has_aux=True), self._device(), worker_threads=threaded)
-        args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
-        if not batched:
-            args = tuple(index_tree(a, 0) for a in args)
-        try:
-            grads, (_, (losses, metrics)) = self._compiled_meta_gradients[key](
-                trainable, factor, *args)
-        except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
-            if threaded:
-                warnings.warn(
-                    f"The meta-gradient cannot be compiled as one graph for worker threads "
-                    f"({type(error).__name__}: {error}); running its tasks on one thread. Pass "
-                    "task_threads=1 to skip the attempt.", RuntimeWarning, stacklevel=2)
-                self._threads_failed = True
-            else:
-                self._warn_compile_failure(error)
-            return None
-        return grads, losses, metrics
-
-    def _compiled_meta_backward(self, chunks: list[TaskBatch], scale: float, mode: str,
-                                threads: int) -> list[tuple[Tensor, Metrics] | None]:
-        """Add ``scale`` times the gradient of every chunk's summed losses to ``.grad`` through
-        :meth:`_compiled_gradient`, on ``threads`` worker threads if more than one, and return
-        each chunk's losses and metrics; None for a chunk that could not be compiled (nothing of
-        it was accumulated: the caller runs it eagerly)."""
-        if self._norm_mode is not None:
-            self._norm_mode.vmapped = mode == "vmap"  # read by compiled code, no stack lookup
-        trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        detached = {n: p.detach() for n, p in trainable.items()}
-        dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
-        device = first_leaf(chunks[0].query_y).device
-        factor = torch.tensor(scale, dtype=dtype, device=device)  # a tensor, not a constant
-        threaded = threads > 1
-
-        def run(indices: list[int]) -> tuple[Params | None, dict[int, tuple[Tensor, Metrics]]]:
-            """Gradient summed over the given chunks (in order), and their losses and metrics."""
-            total: Params | None = None
-            done: dict[int, tuple[Tensor, Metrics]] = {}
-            for index in indices:
-                result = (self._compiled_gradient(chunks[index], detached, factor, mode, threaded)
-                          if not self._compile_failed else None)
-                if result is None:
-                    continue
-                grads, losses, metrics = result
-                if total is None:
-                    total = grads
-                else:
-                    for name, gradient in grads.items():
-                        total[name].add_(gradient)
-                done[index] = (losses, metrics)
-            return total, done
-
-        indices = list(range(len(chunks)))
-        if not threaded:
-            shares = [run(indices)]
-        else:
-            # The first call of a compiled function compiles it: alone, never on two threads.
-            first = chunks[0]
-            key = (mode, dtype, *(shape_key(a) for a in (
-                first.support_x, first.support_y, first.query_x, first.query_y)))
-            shares = []
-            if key not in self._warm_compiled:
-                shares += map_interleaved(run, indices[:1], threads)  # one share: one worker
-                if self._threads_failed:  # nothing was accumulated: all tasks on one thread
-                    return self._compiled_meta_backward(chunks, scale, mode, 1)
-                indices = indices[1:]
-                self._warm_compiled.add(key)
-            shares += map_interleaved(run, indices, threads)
-        results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
-        for total, done in shares:
-            for name, gradient in (total or {}).items():
-                parameter = trainable[name]
-                if parameter.grad is None:
-                    parameter.grad = gradient
-                else:
-                    parameter.grad.add_(gradient)
-            for index, result in done.items():
-                results[index] = result
-        return results
-
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def _warn_compile_failure(self, error: Exception) -> None:
-        warnings.warn(
-            f"torch.compile could not compile the meta-objective ({type(error).__name__}:"
-            f" {error}); running it eagerly. Pass compile=False to skip the attempt.",
-            RuntimeWarning, stacklevel=4)
-        self._compile_failed = True
+    @property
+    def _compiled_meta_gradients(self) -> dict[tuple[str, bool], Callable[..., Any]]:
+        return self.execution.compiled.gradients
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean outer loss over the batch's tasks (backprop it yourself) and mean metrics."""
@@ -598,44 +421,8 @@ class MetaLearner(nn.Module):
         diverge, so ``backward`` is required. Outside one (``mamlkit.train``, the Accelerate
         recipe) the caller reduces ``.grad`` across processes itself.
         """
-        total = batch.num_tasks
         self._check_batch(batch)
-        mode = self.batching_for(batch)
-        chunks = list(iterate_chunks(batch, 1 if mode == "loop" else (self.chunk_size or total)))
-        ddp = _active_ddp_module()
-        if ddp is not None and backward is None:
-            raise RuntimeError(
-                "meta_backward runs inside a DistributedDataParallel forward (e.g. a Lightning "
-                "training_step under DDP), where a plain backward pass bypasses DDP's gradient "
-                "reduction and the processes would silently diverge. Pass the framework's "
-                "backward (meta_backward(batch, backward=self.manual_backward)), or return "
-                "meta_loss(batch)[0] from the step instead.")
-        results: list[tuple[Tensor, Metrics] | None] = [None] * len(chunks)
-        if self._uses_compiled_meta_gradient() and backward is None:
-            results = self._compiled_meta_backward(chunks, 1.0 / total, mode,
-                                                   self.task_threads_for(batch))
-        sums: dict[str, float] = {}
-        for index, (chunk, result) in enumerate(zip(chunks, results)):
-            if result is None:
-                try:
-                    losses, metrics = self.batched_objective(chunk)
-                    share = losses.sum() / total
-                    if backward is None:
-                        share.backward()
-                    else:  # DDP reduces once, on the last chunk (no_sync accumulates before it)
-                        last = index == len(chunks) - 1
-                        with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
-                            backward(share)
-                except RuntimeError as error:
-                    explained = explain_kernel_error(error)
-                    if explained is None:
-                        raise
-                    raise explained from error
-            else:
-                losses, metrics = result
-            for k, v in {"loss": losses.detach(), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.sum())
-        return {k: v / total for k, v in sums.items()}
+        return self.execution.meta_backward(batch, backward)
 
     # ------------------------------------------------------------------ test-time adaptation
     def adapt(
@@ -685,24 +472,6 @@ class MetaLearner(nn.Module):
         return adaptation_curve(self, batch, steps, self.batching_for(batch) == "vmap")
 
     # ------------------------------------------------------------------ checks
-    def _check_task_threads(self, task_threads: int | None, compile: bool) -> None:
-        if task_threads is None:
-            return
-        if not isinstance(task_threads, int) or isinstance(task_threads, bool) or task_threads < 1:
-            raise ValueError(f"task_threads must be a positive integer or None (pick per batch), "
-                             f"got {task_threads!r}.")
-        if task_threads == 1:
-            return
-        if not compile:
-            raise ValueError(
-                f"task_threads={task_threads} spreads the compiled per-task meta-gradient over "
-                "threads; pass compile=True as well (the eager loop holds Python's GIL for most "
-                "of its time and would not run faster), or leave task_threads at None.")
-        if not self.task_threads_safe or not self._keeps_shared_batching():
-            raise ValueError(
-                f"{type(self).__name__} cannot process tasks on several threads (its objective "
-                "shares state between tasks); leave task_threads at None or 1.")
-
     def _check_batch(self, batch: TaskBatch) -> None:
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"Expected a mamlkit.TaskBatch, got {type(batch).__name__}.")
@@ -722,27 +491,12 @@ class MetaLearner(nn.Module):
                 f"[examples, ...] = {describe(index_tree(batch.support_x, 0))}. Check that the "
                 f"model's input size matches the task. Original error: {error}"
             ) from error
+        self.check_task_inputs(index_tree(batch.support_x, 0))
         self._checked_shapes.add(key)
 
-
-def _compile(fn: Callable[..., Any], device: torch.device, worker_threads: bool = False
-             ) -> Callable[..., Any]:
-    """``torch.compile`` for one input shape; on the CPU without Inductor's channels-last layout
-    choice for convolutions, which makes the small-batch convolution backward passes of the inner
-    loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md).
-
-    ``worker_threads``: for calls on several threads at once (:mod:`mamlkit.core.task_threads`):
-    one graph or an error (no Python between graphs, which would share the module between
-    threads), single-threaded kernels, and the graph run from C++ (``cpp_wrapper``) rather than
-    from a Python function that would hold the GIL between kernels (W3 on two workers: 170
-    instead of 270 ms per meta-iteration).
-    """
-    if device.type != "cpu":
-        return torch.compile(fn, dynamic=False)
-    if not worker_threads:
-        return torch.compile(fn, dynamic=False, options={"layout_optimization": False})
-    return torch.compile(fn, dynamic=False, fullgraph=True, options={
-        "layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1})
+    def check_task_inputs(self, x: Any) -> None:
+        """Further checks of one task's inputs, run once per input shape after the model ran on
+        them (algorithm hook; ANIL checks that its head is applied last). None here."""
 
 
 def _check_steps(name: str, steps: int) -> None:
@@ -759,19 +513,6 @@ def _scalar_loss(loss: Any) -> Tensor:
             "with .mean()) over the task's examples."
         )
     return loss
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether any submodule has forward or backward hooks registered."""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in module.modules())
-
-
-def _active_ddp_module() -> nn.Module | None:
-    """The ``DistributedDataParallel`` module whose forward is running, if any (DDP records it)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return getattr(DistributedDataParallel, "_active_ddp_module", None)
 
 
 def _requires_grad(params: Params) -> bool:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mamlkit.core.inner_loop import inner_step
+from mamlkit.core.inner_optim import SGD, FixedRates
 from mamlkit.rl.advantages import compute_advantages
 from mamlkit.rl.episodes import Episodes
 from mamlkit.rl.losses import episode_distribution, reinforce_loss, surrogate_and_kl, surrogate_terms
@@ -87,12 +89,17 @@ def inner_update(
     inner_lr: float,
     create_graph: bool,
 ) -> tuple[Params, Grads]:
-    """One per-task policy-gradient step ``params - inner_lr * grad``; returns the new params and
-    the gradients. With ``create_graph`` the result stays differentiable in ``params``."""
-    loss = reinforce_loss(policy, params, episodes, advantages).sum()
-    grads = _grad(loss, list(params.values()), create_graph=create_graph)
-    new = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
-    return new, grads
+    """One per-task policy-gradient step ``params - inner_lr * grad`` (a step of the package's
+    inner loop, :func:`mamlkit.core.inner_loop.inner_step`, with SGD); returns the new params
+    and the gradients. With ``create_graph`` the result stays differentiable in ``params``;
+    without, the gradient is a constant and no graph of its backward pass is recorded."""
+
+    def loss(p: Params) -> tuple[Tensor, dict]:
+        return reinforce_loss(policy, p, episodes, advantages).sum(), {}
+
+    sgd = SGD(FixedRates(dict.fromkeys(params, inner_lr)))
+    new, _, grads, _, _ = inner_step(loss, params, (), sgd.update, 0, first_order=not create_graph)
+    return new, tuple(grads[name] for name in params)
 
 
 class MetaObjective:
