@@ -72,7 +72,17 @@ class Execution:
 
     # ------------------------------------------------------------------ choices
     def batching_for(self, batch: TaskBatch) -> str:
-        """The batching mode for ``batch`` (see :meth:`MetaLearner.batching_for`)."""
+        """The batching mode for ``batch``.
+
+        ``auto`` picks ``vmap`` except for models that cannot be batched over tasks (RNNs,
+        BatchNorm updating its running statistics: :func:`~mamlkit.core.batching.vmap_blocker`)
+        and convolutional models on the CPU, where one task at a
+        time (with PyTorch's fused normalisation kernels) is about as fast on small query sets,
+        much faster on large ones, and needs a fraction of the memory (vmapped convolutions turn
+        into grouped convolutions that the CPU kernels handle poorly, and every task's graph is
+        alive at once); it falls back to ``loop`` for any model that ``vmap`` cannot handle.
+        Measurements: ``docs/performance.md``.
+        """
         if self.learner.batching == "loop":
             return "loop"
         blocker = vmap_blocker(self.learner.model, self.learner.batchnorm)
@@ -92,7 +102,21 @@ class Execution:
                 and self.learner.compiled_meta_gradient)
 
     def task_threads_for(self, batch: TaskBatch) -> int:
-        """Worker threads for ``batch`` (see :meth:`MetaLearner.task_threads_for`)."""
+        """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over.
+
+        Only the compiled meta-gradient of the per-task loop on the CPU runs on several threads:
+        it spends its time in kernels that release Python's GIL, while the eager loop holds the
+        GIL for most of its autograd and Python work. One task's small kernels keep one core
+        busy but split poorly over two (PyTorch's own intra-op threads make a few-shot CNN step
+        1.0-1.6x faster on two cores); whole tasks per core make it 1.9-2.2x faster
+        (docs/performance.md). The threads' graph must compile whole (``fullgraph``: Python run
+        between graphs would share the module between threads); if it does not, the learner
+        warns and keeps the tasks on one thread. With ``task_threads=None`` the learner uses
+        ``torch.get_num_threads()`` workers, unless the model draws random numbers (dropout: the
+        draws would depend on the threads' timing), carries hooks, or has normalisation layers
+        under the ``module`` policy (running statistics): state that threads would share. An
+        explicit count applies as given. Either is capped at the number of tasks.
+        """
         learner = self.learner
         if (learner.batching_for(batch) != "loop" or first_leaf(batch.query_y).device.type != "cpu"
                 or not self.uses_compiled_meta_gradient() or not learner.task_threads_safe
@@ -162,7 +186,25 @@ class Execution:
     # ------------------------------------------------------------------ the meta-gradient
     def meta_backward(self, batch: TaskBatch, backward: Callable[[Tensor], Any] | None
                       ) -> dict[str, float]:
-        """Accumulate the meta-gradient into ``.grad`` (see :meth:`MetaLearner.meta_backward`)."""
+        """Accumulate the meta-gradient of the batch's mean loss into ``.grad``.
+
+        Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
+        is bounded by the chunk, not the meta-batch; the accumulated gradient equals that of
+        ``meta_loss(batch)[0].backward()``. Under the per-task loop each task is backpropagated
+        as soon as it is computed (the same work, but only one task's graph is alive at a time),
+        compiled on :meth:`task_threads_for` worker threads. Returns the mean metrics (``loss``
+        included).
+
+        ``backward``: called with each chunk's share of the loss instead of ``Tensor.backward``,
+        so a training framework does the backward pass (``self.manual_backward`` in Lightning,
+        ``accelerator.backward`` in Accelerate: loss scaling, DDP's gradient reduction); the
+        autograd path is then taken even when compiled (the objective itself stays compiled).
+        Inside a ``DistributedDataParallel`` forward (a Lightning ``training_step`` under DDP)
+        every chunk but the last runs under ``no_sync``, so DDP reduces the summed gradient
+        once; there a plain backward would bypass DDP's reducer and the processes would
+        diverge, so ``backward`` is required. Outside one (``mamlkit.train``, the Accelerate
+        recipe) the caller reduces ``.grad`` across processes itself.
+        """
         learner = self.learner
         total = batch.num_tasks
         mode = self.learner.batching_for(batch)

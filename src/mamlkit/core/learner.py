@@ -25,7 +25,6 @@ See docs/architecture.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -34,30 +33,19 @@ from torch import Tensor, nn
 from mamlkit.core.adaptation import adaptation_curve
 from mamlkit.core.batching import check_inner_lr
 from mamlkit.core.execution import Execution, check_task_threads
+from mamlkit.core.functional import FunctionalModel, check_model
 from mamlkit.core.inner_loop import InnerProblem, InnerResult, inner_loop
 from mamlkit.core.inner_optim import SGD, FixedRates, InnerOptimizer
-from mamlkit.core.kernels import DifferentiableKernels, kernel_needs
-from mamlkit.core.losses import LossFn, accuracy, is_classification, resolve_loss
+from mamlkit.core.losses import LossFn, accuracy
 from mamlkit.core.model_io import (
     ForwardFn,
     OutputSelector,
-    call_model,
-    describe,
-    index_tree,
-    select_output,
-    shape_key,
     unwrap_inference,
 )
-from mamlkit.core.norms import ComposableNorms, check_policy, has_norm_layers
 from mamlkit.core.params import (
     AdaptSelector,
     Params,
-    named_buffers,
-    named_params,
-    parameter_aliases,
-    select_names,
 )
-from mamlkit.core.support_weights import SupportLoss, support_loss_for
 from mamlkit.tasks.base import TaskBatch
 
 BATCHING_MODES = ("auto", "vmap", "loop")
@@ -70,7 +58,7 @@ TaskOutput = tuple[Tensor, Any, Metrics]
 task state (a pytree of tensors, ``{}`` for none; see :meth:`MetaLearner.absorb`) and metrics."""
 
 
-class MetaLearner(nn.Module):
+class MetaLearner(FunctionalModel):
     """Gradient-based meta-learning over an unmodified ``nn.Module`` (the shared driver).
 
     Args:
@@ -112,10 +100,6 @@ class MetaLearner(nn.Module):
             meta-learned temperature), a remedy for wrong support labels; ``None``: equal weights.
     """
 
-    custom_support_loss: bool = True
-    """Whether the inner loop takes its loss from :meth:`support_loss`, so that ``inner_loss``
-    and ``support_weights`` apply (ANIL and MAML++ compute their own)."""
-
     task_threads_safe: bool = True
     """Whether :meth:`task_objective` may run for several tasks at once on different threads
     (no state shared between calls; an algorithm that hooks into the model sets it False)."""
@@ -148,15 +132,7 @@ class MetaLearner(nn.Module):
         inner_loss: str | LossFn | None = None,
         support_weights: str | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise ValueError(
-                "The model is wrapped in DistributedDataParallel, whose reducer cannot follow the "
-                "inner loop's functional parameters. Wrap the learner instead: MAML(model), then "
-                "DDP, Lightning (mamlkit.integrations.lightning) or Accelerate around it; or run "
-                "mamlkit train under torchrun.")
+        check_model(model)
         _check_steps("inner_steps", inner_steps)
         if eval_inner_steps is not None:
             _check_steps("eval_inner_steps", eval_inner_steps)
@@ -165,85 +141,18 @@ class MetaLearner(nn.Module):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of tasks, got {chunk_size}.")
         check_task_threads(self, task_threads, compile)
-        self.model = model
+        super().__init__(model, loss=loss, adapt=adapt, batchnorm=batchnorm, forward=forward,
+                         output=output, inner_loss=inner_loss, support_weights=support_weights)
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
-        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
-        self.loss_fn = resolve_loss(loss)
-        self.classification = is_classification(loss)
-        self.batching = batching
-        self.chunk_size = chunk_size
-        self.batchnorm = check_policy(batchnorm)
-        self.forward_fn = forward
-        self.output = output
-        self.aliases = parameter_aliases(model)
-        self.adapted_names = select_names(named_params(model), adapt, self.aliases)
         self.inner_lr = check_inner_lr(inner_lr, self.adapted_names, self.aliases)
         self.inner_optimizer: InnerOptimizer = SGD(FixedRates(self.inner_lr))
-        self.norms: ComposableNorms | None = (ComposableNorms(batchnorm == "transductive")
-                                              if has_norm_layers(model) else None)
-        needs = kernel_needs(model)
-        self._kernels = DifferentiableKernels(needs) if needs else None
-        self.task_threads = task_threads
-        self._checked_shapes: set[tuple] = set()
+        self.batching = batching
+        self.chunk_size = chunk_size
         self.use_compile = bool(compile)
+        self.task_threads = task_threads
         self.execution = Execution(self)
-        self.inner_loss_name = inner_loss if isinstance(inner_loss, str) or inner_loss is None \
-            else getattr(inner_loss, "__name__", "custom")
-        self.support_objective: SupportLoss | None = support_loss_for(
-            model, self.loss_name, inner_loss, support_weights, self.custom_support_loss,
-            type(self).__name__)
-
-    # ------------------------------------------------------------------ functional building blocks
-    def meta_params(self) -> Params:
-        """The model's parameters (the meta-learned initialisation) as a name -> tensor dict."""
-        return named_params(self.model)
-
-    def functional_forward(self, params: Params, x: Any, buffers: Params | None = None) -> Any:
-        """Run the user's model on ``x`` (one task's inputs, any pytree of tensors) with
-        ``params`` in place of its own, with ``buffers`` (default: the module's), and with the
-        kernels it needs routed to exactly differentiable ones (:mod:`mamlkit.core.kernels`)."""
-        buffers = named_buffers(self.model) if buffers is None else buffers
-        if self.norms is not None and self.batchnorm == "transductive":
-            # Batch statistics only: BatchNorm's step counter is hidden (None for the call), so
-            # nothing is mutated inside a transform.
-            buffers = {n: None if n.endswith("num_batches_tracked") else b
-                       for n, b in buffers.items()}
-        return self.run_model(params, buffers, x, self.norms)
-
-    def run_model(self, params: Params, buffers: Params, x: Any, *contexts: Any) -> Any:
-        """The model on ``x`` with ``params`` and ``buffers``, under ``contexts`` (None entries
-        skipped) and the kernel routes it needs; the call every forward pass goes through."""
-        contexts = tuple(c for c in (*contexts, self._kernels) if c is not None)
-        if not contexts:
-            return call_model(self.model, (params, buffers), x, self.forward_fn)
-        with ExitStack() as stack:
-            for context in contexts:
-                stack.enter_context(context)
-            return call_model(self.model, (params, buffers), x, self.forward_fn)
-
-    def task_loss(self, params: Params, x: Any, y: Any) -> tuple[Tensor, Tensor]:
-        """Loss of one task's examples under ``params``, and the outputs it was computed from
-        (the logits, or what ``output`` selects)."""
-        outputs = select_output(self.functional_forward(params, x), self.output)
-        if (self.loss_fn is torch.nn.functional.mse_loss and isinstance(y, Tensor)
-                and outputs.shape != y.shape):
-            raise ValueError(
-                f"The model outputs shape {tuple(outputs.shape)} per task but the targets have "
-                f"shape {tuple(y.shape)}; for the MSE loss they must match (e.g. targets "
-                "[examples, 1] for a model with one output)."
-            )
-        return _scalar_loss(self.loss_fn(outputs, y)), outputs
-
-    def support_loss(self, params: Params, x: Any, y: Any) -> Tensor:
-        """The inner loop's loss of one task's support examples under ``params``: the task loss,
-        or ``inner_loss`` / ``support_weights`` where given (:class:`SupportLoss`)."""
-        if self.support_objective is None:
-            return self.task_loss(params, x, y)[0]
-        loss = self.support_objective(
-            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)
-        return _scalar_loss(loss)
 
     # ------------------------------------------------------------------ the inner loop
     def inner_update(self, fast: Params, grads: Params, step: int) -> Params:
@@ -328,17 +237,8 @@ class MetaLearner(nn.Module):
 
     # ------------------------------------------------------------------ execution
     def batching_for(self, batch: TaskBatch) -> str:
-        """The batching mode used for ``batch``.
-
-        ``auto`` picks ``vmap`` except for models that cannot be batched over tasks (RNNs,
-        BatchNorm updating its running statistics: :func:`~mamlkit.core.batching.vmap_blocker`)
-        and convolutional models on the CPU, where one task at a
-        time (with PyTorch's fused normalisation kernels) is about as fast on small query sets,
-        much faster on large ones, and needs a fraction of the memory (vmapped convolutions turn
-        into grouped convolutions that the CPU kernels handle poorly, and every task's graph is
-        alive at once); it falls back to ``loop`` for any model that ``vmap`` cannot handle.
-        Measurements: ``docs/performance.md``.
-        """
+        """The batching mode used for ``batch`` (:meth:`Execution.batching_for
+        <mamlkit.core.execution.Execution.batching_for>`: ``auto`` picks per model and device)."""
         return self.execution.batching_for(batch)
 
     def batched_objective(self, batch: TaskBatch, mode: str | None = None) -> tuple[Tensor, Metrics]:
@@ -365,21 +265,8 @@ class MetaLearner(nn.Module):
         return (losses, state, metrics) if with_state else (losses, metrics)
 
     def task_threads_for(self, batch: TaskBatch) -> int:
-        """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over.
-
-        Only the compiled meta-gradient of the per-task loop on the CPU runs on several threads:
-        it spends its time in kernels that release Python's GIL, while the eager loop holds the
-        GIL for most of its autograd and Python work. One task's small kernels keep one core
-        busy but split poorly over two (PyTorch's own intra-op threads make a few-shot CNN step
-        1.0-1.6x faster on two cores); whole tasks per core make it 1.9-2.2x faster
-        (docs/performance.md). The threads' graph must compile whole (``fullgraph``: Python run
-        between graphs would share the module between threads); if it does not, the learner
-        warns and keeps the tasks on one thread. With ``task_threads=None`` the learner uses
-        ``torch.get_num_threads()`` workers, unless the model draws random numbers (dropout: the
-        draws would depend on the threads' timing), carries hooks, or has normalisation layers
-        under the ``module`` policy (running statistics): state that threads would share. An
-        explicit count applies as given. Either is capped at the number of tasks.
-        """
+        """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over
+        (:meth:`Execution.task_threads_for <mamlkit.core.execution.Execution.task_threads_for>`)."""
         return self.execution.task_threads_for(batch)
 
     def execution_summary(self, batch: TaskBatch) -> str:
@@ -402,24 +289,14 @@ class MetaLearner(nn.Module):
 
     def meta_backward(self, batch: TaskBatch, backward: Callable[[Tensor], Any] | None = None
                       ) -> dict[str, float]:
-        """Accumulate the meta-gradient of the batch's mean loss into ``.grad``.
+        """Accumulate the meta-gradient of the batch's mean loss into ``.grad``, ``chunk_size``
+        tasks at a time (memory bounded by the chunk; the gradient equals that of
+        ``meta_loss(batch)[0].backward()``), and return the mean metrics (``loss`` included).
 
-        Tasks are processed ``chunk_size`` at a time with one backward pass per chunk, so memory
-        is bounded by the chunk, not the meta-batch; the accumulated gradient equals that of
-        ``meta_loss(batch)[0].backward()``. Under the per-task loop each task is backpropagated
-        as soon as it is computed (the same work, but only one task's graph is alive at a time),
-        compiled on :meth:`task_threads_for` worker threads. Returns the mean metrics (``loss``
-        included).
-
-        ``backward``: called with each chunk's share of the loss instead of ``Tensor.backward``,
-        so a training framework does the backward pass (``self.manual_backward`` in Lightning,
-        ``accelerator.backward`` in Accelerate: loss scaling, DDP's gradient reduction); the
-        autograd path is then taken even when compiled (the objective itself stays compiled).
-        Inside a ``DistributedDataParallel`` forward (a Lightning ``training_step`` under DDP)
-        every chunk but the last runs under ``no_sync``, so DDP reduces the summed gradient
-        once; there a plain backward would bypass DDP's reducer and the processes would
-        diverge, so ``backward`` is required. Outside one (``mamlkit.train``, the Accelerate
-        recipe) the caller reduces ``.grad`` across processes itself.
+        ``backward``: called with each chunk's share of the loss instead of ``Tensor.backward``
+        (a framework's backward: Lightning's ``manual_backward``, Accelerate's); required inside
+        a ``DistributedDataParallel`` forward. Details: :meth:`Execution.meta_backward
+        <mamlkit.core.execution.Execution.meta_backward>`.
         """
         self._check_batch(batch)
         return self.execution.meta_backward(batch, backward)
@@ -451,11 +328,6 @@ class MetaLearner(nn.Module):
                                             first_order=not create_graph)
         return trajectory[-1]
 
-    def predict(self, params: Params, x: Any) -> Any:
-        """Model outputs for ``x`` under (adapted) ``params`` (as the model returns them)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _requires_grad(params)):
-            return self.functional_forward(params, x)
-
     def adapted_model(self, support_x: Any, support_y: Tensor, steps: int | None = None
                       ) -> Callable[[Any], Tensor]:
         """A callable ``x -> outputs`` of the model adapted to the given support set."""
@@ -471,49 +343,9 @@ class MetaLearner(nn.Module):
         self._check_batch(batch)
         return adaptation_curve(self, batch, steps, self.batching_for(batch) == "vmap")
 
-    # ------------------------------------------------------------------ checks
-    def _check_batch(self, batch: TaskBatch) -> None:
-        if not isinstance(batch, TaskBatch):
-            raise TypeError(f"Expected a mamlkit.TaskBatch, got {type(batch).__name__}.")
-        key = shape_key(batch.support_x, skip=2)
-        if key in self._checked_shapes:
-            return
-        # On copies of the buffers: a BatchNorm under the module policy in train mode updates its
-        # running statistics in each forward pass, and this check is not one of the task's.
-        buffers = {n: b.clone() for n, b in named_buffers(self.model).items()}
-        try:
-            with torch.inference_mode(False), torch.no_grad():
-                self.functional_forward(self.meta_params(), index_tree(batch.support_x, 0), buffers)
-        except Exception as error:  # noqa: BLE001 - re-raised with context
-            raise ValueError(
-                f"The model cannot run on this task batch's inputs: support_x has shape "
-                f"{describe(batch.support_x)} ([tasks, examples, ...]), so the model receives "
-                f"[examples, ...] = {describe(index_tree(batch.support_x, 0))}. Check that the "
-                f"model's input size matches the task. Original error: {error}"
-            ) from error
-        self.check_task_inputs(index_tree(batch.support_x, 0))
-        self._checked_shapes.add(key)
-
-    def check_task_inputs(self, x: Any) -> None:
-        """Further checks of one task's inputs, run once per input shape after the model ran on
-        them (algorithm hook; ANIL checks that its head is applied last). None here."""
-
 
 def _check_steps(name: str, steps: int) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {steps!r}.")
 
 
-def _scalar_loss(loss: Any) -> Tensor:
-    """``loss`` if it is a scalar tensor, else ``ValueError`` with the fix."""
-    if not isinstance(loss, Tensor) or loss.dim() != 0:
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(
-            f"The loss must return a scalar tensor per task, got {shape}. Reduce it (e.g. "
-            "with .mean()) over the task's examples."
-        )
-    return loss
-
-
-def _requires_grad(params: Params) -> bool:
-    return any(p.requires_grad for p in params.values())
