@@ -104,3 +104,36 @@ def test_adam_inner_optimizer_second_order(batching, strength) -> None:
     _reference(learner.model, leaves, lambda n, k: 0.05, _batch(), "adam", strength=strength)
     for value, want in zip(got, _grads(learner)):
         torch.testing.assert_close(value, want, rtol=1e-10, atol=1e-12)
+
+
+
+def test_second_order_through_a_state_that_starts_without_a_graph() -> None:
+    """An adapted state that starts as a constant (a context vector at zero, as in CAVIA) still
+    gets a second-order meta-gradient, on both gradient paths: its inner gradient depends on the
+    meta-parameters. Reference: the inner gradient in closed form, differentiated by autograd."""
+    from mamlkit.core.inner_loop import InnerProblem, inner_loop
+    from mamlkit.core.inner_optim import SGD
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    start = torch.randn(3, 3, generator=g, dtype=torch.float64)
+
+    def adapted_loss(weight: torch.Tensor) -> torch.Tensor:
+        def loss(fast: dict, step: int) -> tuple[torch.Tensor, dict]:
+            return (torch.tanh(x @ weight + fast["context"]) ** 2).mean(), {}
+
+        problem = InnerProblem({"context": torch.zeros(3, dtype=torch.float64)}, loss)
+        result = inner_loop(problem, SGD(FixedRates({"context": 0.5})), 2, first_order=False)
+        return loss(result.trajectory[-1], 2)[0]
+
+    weight = start.clone().requires_grad_()
+    plain = torch.autograd.grad(adapted_loss(weight), weight)[0]  # torch.autograd.grad inside
+    functorch = torch.func.grad(adapted_loss)(start)              # torch.func.grad inside
+    weight = start.clone().requires_grad_()
+    context = torch.zeros(3, dtype=torch.float64)
+    for _ in range(2):
+        t = torch.tanh(x @ weight + context)
+        context = context - 0.5 * (2 * t * (1 - t ** 2)).sum(0) / t.numel()
+    want = torch.autograd.grad((torch.tanh(x @ weight + context) ** 2).mean(), weight)[0]
+    torch.testing.assert_close(plain, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(functorch, want, rtol=1e-10, atol=1e-12)

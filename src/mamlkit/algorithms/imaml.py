@@ -121,9 +121,11 @@ class IMAML(MetaLearner):
     # ------------------------------------------------------------------ the inner problem
     def _proximal_steps(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
                         keep: bool) -> tuple[list[Params], list[Tensor]]:
-        """The inner loop on the proximal problem; only the first and last step unless ``keep``."""
-        result = self.run_inner_loop(params, support_x, support_y, steps, first_order=False,
-                                     keep_all=keep)
+        """The inner loop on the proximal problem; only the first and last step unless ``keep``;
+        differentiable where ``params`` carry a graph (no graph is built for detached ones)."""
+        unrolled = any(p.requires_grad for p in params.values())
+        result = self.run_inner_loop(params, support_x, support_y, steps,
+                                     first_order=not unrolled, keep_all=keep)
         return result.trajectory, result.losses
 
     def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,

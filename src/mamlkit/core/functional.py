@@ -63,6 +63,11 @@ class FunctionalModel(nn.Module):
     """Whether the inner loop takes its loss from :meth:`support_loss`, so that ``inner_loss``
     and ``support_weights`` apply (ANIL and MAML++ compute their own)."""
 
+    adapts_model: bool = True
+    """Whether the inner loop adapts the model's own parameters (those ``adapt`` selects);
+    False for an algorithm whose adapted state lives outside the model (CAVIA's context
+    parameters, set up by its ``inner_problem``): ``adapted_names`` is then empty."""
+
     def __init__(self, model: nn.Module, *, loss: str | LossFn = "mse",
                  adapt: AdaptSelector = None, batchnorm: str = "transductive",
                  forward: ForwardFn | None = None, output: OutputSelector = None,
@@ -78,7 +83,8 @@ class FunctionalModel(nn.Module):
         self.forward_fn = forward
         self.output = output
         self.aliases = parameter_aliases(model)
-        self.adapted_names = select_names(named_params(model), adapt, self.aliases)
+        self.adapted_names = (select_names(named_params(model), adapt, self.aliases)
+                              if self.adapts_model else ())
         self.norms: ComposableNorms | None = (ComposableNorms(batchnorm == "transductive")
                                               if has_norm_layers(model) else None)
         needs = kernel_needs(model)

@@ -38,19 +38,18 @@ Update = Callable[[Params, Any, Params, int], tuple[Params, Any]]
 
 
 def loss_gradient(loss_fn: Callable[[Params], tuple[Tensor, Any]], params: Params,
-                  create_graph: bool | None = None) -> tuple[Params, Tensor, Any]:
+                  create_graph: bool) -> tuple[Params, Tensor, Any]:
     """Gradient of ``loss_fn(params)[0]`` at ``params``, the loss and the auxiliary value.
 
-    ``create_graph=None``: keep the graph to ``params`` when grad mode is on and a parameter
-    requires grad (as ``torch.func.grad`` does). Under a ``torch.func`` transform or while
-    compiling this is ``torch.func.grad_and_value``; otherwise ``torch.autograd.grad``, where
-    parameters without a graph are differentiated as fresh leaves and unused ones get zeros.
+    ``create_graph``: keep the graph of the gradient (to ``params`` and to whatever else the
+    loss depends on, such as meta-parameters outside ``params``). Under a ``torch.func``
+    transform or while compiling this is ``torch.func.grad_and_value`` (which follows its
+    inputs); otherwise ``torch.autograd.grad``, where parameters without a graph are
+    differentiated as fresh leaves and unused ones get zeros.
     """
     if not plain_autograd_available():
         grads, (loss, aux) = grad_and_value(loss_fn, has_aux=True)(params)
         return grads, loss, aux
-    if create_graph is None:
-        create_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
     with torch.enable_grad():
         inputs = {n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_()
                   for n, p in params.items()}
@@ -89,10 +88,11 @@ class InnerResult:
 def inner_step(loss_fn: Callable[[Params], tuple[Tensor, Any]], fast: Params, state: Any,
                update: Update, step: int, first_order: bool
                ) -> tuple[Params, Any, Params, Tensor, Any]:
-    """One update: gradient of ``loss_fn`` at ``fast`` (constants under ``first_order``), then
-    ``update``. Returns the new parameters and state, the gradients, the loss and its aux."""
+    """One update: gradient of ``loss_fn`` at ``fast`` (constants under ``first_order``; else
+    differentiable while grad mode is on), then ``update``. Returns the new parameters and
+    state, the gradients, the loss and its aux."""
     at = {n: p.detach() for n, p in fast.items()} if first_order else fast
-    grads, loss, aux = loss_gradient(loss_fn, at)
+    grads, loss, aux = loss_gradient(loss_fn, at, not first_order and torch.is_grad_enabled())
     fast, state = update(grads, state, fast, step)
     return fast, state, grads, loss, aux
 
