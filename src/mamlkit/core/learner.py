@@ -109,9 +109,6 @@ class MetaLearner(FunctionalModel):
     one compiled graph in :meth:`meta_backward`; otherwise the compiled objective is
     backpropagated by autograd (see ``compile``)."""
 
-    meta_trainable: bool = True
-    """Whether meta-training changes anything (a training loop may skip the outer updates)."""
-
     def __init__(
         self,
         model: nn.Module,
