@@ -273,10 +273,12 @@ class MetaLearner(FunctionalModel):
 
     @property
     def _compile_failed(self) -> bool:
+        """Whether compiling failed (the learner has run eagerly since)."""
         return self.execution.compiled.failed
 
     @property
     def _compiled_meta_gradients(self) -> dict[tuple[str, bool], Callable[..., Any]]:
+        """The compiled ``torch.func.grad`` functions by ``(mode, threaded)``."""
         return self.execution.compiled.gradients
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
