@@ -1,7 +1,7 @@
 """The functional engine: parameters as dicts, inner optimizers as values, the one inner loop,
 meta-gradients, task batching and the BatchNorm policy (docs/architecture.md)."""
 
-from mamlkit.core.inner_loop import InnerProblem, InnerResult, inner_loop, inner_step
+from mamlkit.core.inner_loop import InnerProblem, InnerResult
 from mamlkit.core.inner_optim import (
     SGD,
     Adam,
@@ -32,8 +32,6 @@ __all__ = [
     "PerStepRates",
     "Proximal",
     "accuracy",
-    "inner_loop",
-    "inner_step",
     "named_buffers",
     "named_params",
     "resolve_loss",
