@@ -249,8 +249,7 @@ class Execution:
 def stack_results(results: list[tuple[Tensor, Any, Metrics]]) -> tuple[Tensor, Any, Metrics]:
     """Per-task ``(loss, state, metrics)`` stacked along a new first (task) dimension."""
     losses = torch.stack([loss for loss, _, _ in results])
-    states = tree_map(lambda *values: torch.stack(values), *[s for _, s, _ in results]) \
-        if len(results) > 1 else tree_map(lambda value: value.unsqueeze(0), results[0][1])
+    states = tree_map(lambda *values: torch.stack(values), *[s for _, s, _ in results])
     metrics = {k: torch.stack([m[k] for _, _, m in results]) for k in results[0][2]}
     return losses, states, metrics
 
