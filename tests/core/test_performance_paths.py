@@ -184,7 +184,7 @@ def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
 def test_loop_inner_gradients_come_from_autograd_and_first_order_records_no_inner_graph(monkeypatch):
     """Outside transforms the inner loop uses torch.autograd.grad; first order builds no graph of
     the inner backward (its gradients are constants) and equals the functorch path."""
-    from mamlkit.core import learner as learner_module
+    from mamlkit.core import inner_loop as learner_module  # where the inner loop asks
 
     calls = []
     original = torch.autograd.grad

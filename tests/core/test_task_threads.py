@@ -22,7 +22,7 @@ from torch import nn
 
 from mamlkit import MAML, TaskBatch, make_algorithm
 from mamlkit.algorithms import ANIL, MAMLPlusPlus
-from mamlkit.core import learner as learner_module
+from mamlkit.core import compiled as learner_module  # where the task threads are mapped
 from mamlkit.core.task_threads import map_interleaved, task_pool
 
 

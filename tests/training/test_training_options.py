@@ -99,9 +99,9 @@ def test_cli_schedule_reaches_metrics_and_provenance_reaches_config(tmp_path, mo
 
 
 def test_compile_progress_lines_come_before_the_bar(tmp_path, capsys, monkeypatch) -> None:
-    import mamlkit.core.learner as learner_module
+    import mamlkit.core.compiled as compiled_module  # where the learner compiles
 
-    monkeypatch.setattr(learner_module, "_compile", lambda fn, *a, **k: fn)  # no real compiler
+    monkeypatch.setattr(compiled_module, "compile_for", lambda fn, *a, **k: fn)  # no real compiler
     torch.manual_seed(0)
     learner = MAML(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)), compile=True)
     config = make_config({"iterations": 2, "meta_batch_size": 2, "tensorboard": False,

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value
+from torch.func import functional_call
 
+from mamlkit.core.inner_loop import InnerProblem
 from mamlkit.core.learner import MetaLearner
-from mamlkit.core.model_io import index_tree, select_output, shape_key
+from mamlkit.core.model_io import select_output
 from mamlkit.core.params import Params, named_buffers, named_params
 
 
@@ -83,9 +84,9 @@ class ANIL(MetaLearner):
         prefix = self.head_name + "."
         local = {n[len(prefix):]: p for n, p in head_params.items()}
         buffers = {n[len(prefix):]: b for n, b in named_buffers(self.model).items() if n.startswith(prefix)}
-        if self._norm_mode is None:
+        if self.norms is None:
             return functional_call(self.head, (local, buffers), (features,))
-        with self._norm_mode:
+        with self.norms:
             return functional_call(self.head, (local, buffers), (features,))
 
     @contextmanager
@@ -108,31 +109,26 @@ class ANIL(MetaLearner):
                              "ANIL needs a head applied exactly once, last.")
 
     # ------------------------------------------------------------------ the inner loop on features
-    def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
-                   first_order: bool) -> tuple[list[Params], list[Tensor]]:
-        """The driver's inner loop, on the head only: the body runs once on the support set."""
+    def inner_problem(self, params: Params, support_x: Any, support_y: Any, first_order: bool
+                      ) -> InnerProblem:
+        """The head adapts on the support features, which the body computes once, at the first
+        step (with their graph to the body, unless ``first_order`` makes the inner gradients
+        constants anyway)."""
         body = {n: p for n, p in params.items() if n not in self.adapted_names}
-        fast = {n: params[n] for n in self.adapted_names}
-        feats = self.features(params, support_x) if steps > 0 else None
+        cache: list[Tensor] = []
 
-        def support_loss(head_params: Params) -> Tensor:
-            return self.loss_fn(self.head_forward(head_params, feats), support_y)
+        def loss(head_params: Params, step: int) -> tuple[Tensor, dict]:
+            if not cache:
+                feats = self.features(params, support_x)
+                cache.append(feats.detach() if first_order else feats)
+            return self.loss_fn(self.head_forward(head_params, cache[0]), support_y), {}
 
-        trajectory, losses = [params], []
-        for step in range(steps):
-            grads, loss = grad_and_value(support_loss)(fast)
-            if first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
-            fast = self.inner_update(fast, grads, step)
-            trajectory.append({**body, **fast})
-            losses.append(loss)
-        return trajectory, losses
+        return InnerProblem(start={n: params[n] for n in self.adapted_names}, loss=loss,
+                            assemble=lambda fast, step: {**body, **fast})
 
-    def _check_batch(self, batch: Any) -> None:
-        new = shape_key(batch.support_x, skip=2) not in self._checked_shapes
-        super()._check_batch(batch)
-        if new:
-            self._check_head_is_last(index_tree(batch.support_x, 0))
+    def check_task_inputs(self, x: Any) -> None:
+        """The model's output must be ``head(features)``: checked once per input shape."""
+        self._check_head_is_last(x)
 
     def _check_head_is_last(self, x: Any) -> None:
         params = {n: p.detach() for n, p in named_params(self.model).items()}

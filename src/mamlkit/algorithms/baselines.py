@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.learner import MetaLearner, TaskOutput
 from mamlkit.core.model_io import concat
 from mamlkit.core.params import Params
 
@@ -32,14 +32,14 @@ class Pretrained(MetaLearner):
     """
 
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
-                       query_y: Tensor) -> tuple[Tensor, Metrics]:
+                       query_y: Tensor) -> TaskOutput:
         """Loss of the unadapted parameters on the task's support and query examples together."""
         loss, _ = self.task_loss(params, concat(support_x, query_x), concat(support_y, query_y))
         with torch.no_grad():
             query_loss, outputs = self.task_loss(params, query_x, query_y)
-        metrics = self._metrics(query_loss, outputs, query_y, [])
+        metrics = self.query_metrics(query_loss, outputs, query_y, [])
         metrics["joint_loss"] = loss.detach()
-        return loss, metrics
+        return loss, {}, metrics
 
 
 class RandomInitFineTune(MetaLearner):
@@ -53,7 +53,7 @@ class RandomInitFineTune(MetaLearner):
     meta_trainable = False
 
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
-                       query_y: Tensor) -> tuple[Tensor, Metrics]:
+                       query_y: Tensor) -> TaskOutput:
         """Fine-tuned query loss (no graph to the parameters; zero meta-gradient)."""
         start = {n: p.detach() for n, p in params.items()}
         trajectory, support_losses = self.inner_loop(start, support_x, support_y, self.inner_steps,
@@ -61,4 +61,4 @@ class RandomInitFineTune(MetaLearner):
         with torch.no_grad():
             loss, outputs = self.task_loss(trajectory[-1], query_x, query_y)
         zero = sum((p * 0).sum() for p in params.values())
-        return loss.detach() + zero, self._metrics(loss, outputs, query_y, support_losses)
+        return loss.detach() + zero, {}, self.query_metrics(loss, outputs, query_y, support_losses)

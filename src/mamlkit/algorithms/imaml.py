@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vjp
 
-from mamlkit.algorithms.inner_adam import adam_moments, adam_update, check_inner_optimizer
-from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.inner_optim import FixedRates, Proximal, check_inner_optimizer, named_optimizer
+from mamlkit.core.learner import MetaLearner, TaskOutput
 from mamlkit.core.params import Params
 
 
@@ -111,44 +111,27 @@ class IMAML(MetaLearner):
             raise ValueError(f"cg_steps must be a positive integer, got {cg_steps!r} (the paper uses 5).")
         if kwargs.get("first_order"):
             raise ValueError("iMAML's meta-gradient is implicit, never unrolled; drop first_order.")
-        betas = check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
+        check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
         super().__init__(model, **kwargs)
         self.regularization = float(regularization)
         self.cg_steps = cg_steps
-        self.inner_optimizer = inner_optimizer
-        self.adam_betas = betas
-        self.adam_eps = float(adam_eps)
+        self.inner_optimizer = Proximal(named_optimizer(inner_optimizer, FixedRates(self.inner_lr),
+                                                        adam_betas, adam_eps), regularization)
 
     # ------------------------------------------------------------------ the inner problem
     def _proximal_steps(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
                         keep: bool) -> tuple[list[Params], list[Tensor]]:
-        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
-        anchor = {n: params[n] for n in self.adapted_names}
-        fast = dict(anchor)
-        lam = self.regularization
-
-        def objective(fast_params: Params) -> tuple[Tensor, Tensor]:
-            loss = self.support_loss({**frozen, **fast_params}, support_x, support_y)
-            proximal = sum(((fast_params[n] - anchor[n]) ** 2).sum() for n in anchor)
-            return loss + 0.5 * lam * proximal, loss
-
-        trajectory, losses = [params], []
-        moments = adam_moments(fast)
-        for step in range(steps):
-            grads, (_, loss) = grad_and_value(objective, has_aux=True)(fast)
-            if self.inner_optimizer == "adam":
-                fast, moments = adam_update(fast, grads, moments, step, self.inner_lrs(step),
-                                            self.adam_betas, self.adam_eps)
-            else:
-                fast = self.inner_update(fast, grads, step)
-            if keep or step == steps - 1:
-                trajectory.append({**frozen, **fast})
-            losses.append(loss)
-        return trajectory, losses
+        """The inner loop on the proximal problem; only the first and last step unless ``keep``;
+        differentiable where ``params`` carry a graph (no graph is built for detached ones)."""
+        unrolled = any(p.requires_grad for p in params.values())
+        result = self.run_inner_loop(params, support_x, support_y, steps,
+                                     first_order=not unrolled, keep_all=keep)
+        return result.trajectory, result.losses
 
     def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
                    first_order: bool) -> tuple[list[Params], list[Tensor]]:
-        """``inner_optimizer`` on the proximally regularised support loss (anchored at ``params``).
+        """``inner_optimizer`` on the proximally regularised support loss (anchored at ``params``,
+        :class:`~mamlkit.core.inner_optim.Proximal`).
 
         The returned losses are the plain support losses (without the proximal term).
         """
@@ -201,7 +184,7 @@ class IMAML(MetaLearner):
         return gradient, loss.detach(), outputs.detach(), residual.detach()
 
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
-                       query_y: Tensor) -> tuple[Tensor, Metrics]:
+                       query_y: Tensor) -> TaskOutput:
         """Surrogate with the query loss's value and the implicit meta-gradient."""
         start = {n: p.detach() for n, p in params.items()}
         trajectory, support_losses = self._proximal_steps(start, support_x, support_y, self.inner_steps,
@@ -211,6 +194,6 @@ class IMAML(MetaLearner):
         surrogate = loss
         for name, theta in params.items():
             surrogate = surrogate + ((theta - theta.detach()) * gradient[name]).sum()
-        metrics = self._metrics(loss, outputs, query_y, support_losses)
+        metrics = self.query_metrics(loss, outputs, query_y, support_losses)
         metrics["inner_residual"] = residual
-        return surrogate, metrics
+        return surrogate, {}, metrics

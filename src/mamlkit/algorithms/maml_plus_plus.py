@@ -30,15 +30,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value
 
-from mamlkit.algorithms.meta_sgd import parameter_key
 from mamlkit.algorithms.per_step_norm import PerStepNorms, batchnorm_layers, check_batchnorm_layers
-from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.inner_loop import InnerProblem
+from mamlkit.core.inner_optim import SGD, FixedRates, PerStepRates, learned_rate_table, parameter_key
+from mamlkit.core.learner import MetaLearner, TaskOutput
 from mamlkit.core.params import Params, named_buffers
-from mamlkit.tasks.base import TaskBatch
 
-_STATS = "per_step_bn"
+BatchStats = dict[str, tuple[Tensor, Tensor]]
+"""``layer name -> (batch mean, unbiased batch variance)`` of one forward pass."""
+
 _MIN_NON_FINAL = 0.03
 
 
@@ -92,6 +93,10 @@ class MAMLPlusPlus(MetaLearner):
     """
 
     custom_support_loss = False  # per-step BatchNorm sets in its own inner-loop loss
+    # The compiled objective is backpropagated by autograd instead: MSL weights and DA are
+    # Python numbers that change with set_iteration, so a torch.func.grad graph (the heavier
+    # compile) would be recompiled at every meta-iteration of the annealing periods.
+    compiled_meta_gradient = False
 
     def __init__(self, model: nn.Module, *, multi_step_loss: bool = True, msl_iterations: int = 5000,
                  learn_inner_lrs: bool = True, per_step_bn_stats: bool = False,
@@ -144,11 +149,12 @@ class MAMLPlusPlus(MetaLearner):
         self._step_param_names = tuple(affine) if self.per_step_bn_weights else ()
         self._step_stat_names = tuple(f"{layer}.{stat}" for layer in self._stat_layers
                                       for stat in ("running_mean", "running_var"))
-        self.inner_lr_params = nn.ParameterDict({
-            parameter_key(name): nn.Parameter(params[name].detach().new_full(
-                (self.num_step_sets,), float(self.inner_lr[name])))
-            for name in (self.adapted_names if learn_inner_lrs else [])
-        })
+        self.inner_lr_params = learned_rate_table(
+            params, self.adapted_names if learn_inner_lrs else (), self.inner_lr,
+            steps=self.num_step_sets)
+        self.inner_optimizer = SGD(
+            PerStepRates(self.inner_lr_params, self.adapted_names, self.num_step_sets)
+            if learn_inner_lrs else FixedRates(self.inner_lr))
         self.register_load_state_dict_pre_hook(_resize_per_step_entries)
 
     # ------------------------------------------------------------------ schedules
@@ -170,13 +176,6 @@ class MAMLPlusPlus(MetaLearner):
         return msl_weights(self.inner_steps, self.iteration / self.msl_iterations)
 
     # ------------------------------------------------------------------ per-step pieces
-    def inner_lrs(self, step: int) -> Mapping[str, float | Tensor]:
-        """LSLR: the learned rate of each parameter at ``step`` (the initial rates without LSLR)."""
-        if not self.learn_inner_lrs:
-            return self.inner_lr
-        index = min(step, self.num_step_sets - 1)
-        return {name: self.inner_lr_params[parameter_key(name)][index] for name in self.adapted_names}
-
     def step_entries(self, step: int) -> Params:
         """Per-step BatchNorm weights/biases and running statistics for parameters after ``step``
         updates, keyed by the model's parameter and buffer names."""
@@ -203,7 +202,7 @@ class MAMLPlusPlus(MetaLearner):
             layer_of, use_running=not self.training, recorder=self._recorder))
 
     def _recorded_loss(self, params: Params, x: Any, y: Tensor, record: bool
-                       ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+                       ) -> tuple[Tensor, Tensor, BatchStats]:
         self._recorder = {} if record else None
         try:
             loss, outputs = self.task_loss(params, x, y)
@@ -213,77 +212,62 @@ class MAMLPlusPlus(MetaLearner):
         return loss, outputs, recorded
 
     # ------------------------------------------------------------------ the inner loop
-    def unroll(self, params: Params, support_x: Any, support_y: Tensor, steps: int, first_order: bool,
-               record: bool = False) -> tuple[list[Params], list[Tensor], list[dict]]:
-        """Inner loop with per-step learning rates and BatchNorm; trajectory entry ``k`` carries
-        BatchNorm set ``k``. With ``record``, also the support batch statistics at each step."""
+    def recording(self) -> bool:
+        """Whether forward passes report their batch statistics (BNRS while training)."""
+        return bool(self._stat_layers) and self.training
+
+    def inner_problem(self, params: Params, support_x: Any, support_y: Any, first_order: bool
+                      ) -> InnerProblem:
+        """The adapted parameters on the support loss with BatchNorm set ``k`` at step ``k``;
+        each step's auxiliary value is its support batch statistics (BNRS while training)."""
         frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
-        fast = {n: params[n] for n in self.adapted_names}
-        trajectory = [{**params, **self.step_entries(0)}]
-        losses, recorded = [], []
-        for step in range(steps):
-            entries = self.step_entries(step)
+        frozen_inner = {n: p.detach() for n, p in frozen.items()} if first_order else frozen
+        record = self.recording()
 
-            def support_loss(fast_params: Params, entries: Params = entries) -> tuple[Tensor, Any]:
-                loss, _, stats = self._recorded_loss({**frozen, **fast_params, **entries}, support_x,
-                                                     support_y, record)
-                return loss, stats
+        def loss(fast: Params, step: int) -> tuple[Tensor, BatchStats]:
+            loss, _, stats = self._recorded_loss({**frozen_inner, **fast, **self.step_entries(step)},
+                                                 support_x, support_y, record)
+            return loss, stats
 
-            grads, (loss, stats) = grad_and_value(support_loss, has_aux=True)(fast)
-            if first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
-            fast = self.inner_update(fast, grads, step)
-            trajectory.append({**frozen, **fast, **self.step_entries(step + 1)})
-            losses.append(loss)
-            recorded.append(stats)
-        return trajectory, losses, recorded
-
-    def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
-                   first_order: bool) -> tuple[list[Params], list[Tensor]]:
-        """The driver's hook: :meth:`unroll` without statistics recording."""
-        trajectory, losses, _ = self.unroll(params, support_x, support_y, steps, first_order)
-        return trajectory, losses
+        return InnerProblem(
+            start={n: params[n] for n in self.adapted_names}, loss=loss,
+            assemble=lambda fast, step: {**frozen, **fast, **self.step_entries(step)})
 
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
-                       query_y: Tensor) -> tuple[Tensor, Metrics]:
-        """Query loss after the inner loop (MSL: weighted over every step), plus batch statistics
-        for the per-step running averages when training with BNRS."""
-        record = bool(self._stat_layers) and self.training
-        trajectory, support_losses, recorded = self.unroll(
-            params, support_x, support_y, self.inner_steps, self.uses_first_order(), record)
+                       query_y: Tensor) -> TaskOutput:
+        """Query loss after the inner loop (MSL: weighted over every step); the state is the
+        batch statistics of every BatchNorm set when training with BNRS (:meth:`absorb`)."""
+        record = self.recording()
+        result = self.run_inner_loop(params, support_x, support_y, self.inner_steps,
+                                     self.uses_first_order())
+        trajectory, support_losses = result.trajectory, result.losses
+        recorded: list[BatchStats] = [stats or {} for stats in result.aux] + [{}]
         weights = self.current_msl_weights()
         scored = range(1, self.inner_steps + 1) if weights is not None else [self.inner_steps]
         total = None
-        recorded.append({})
         for k in scored:
             loss, outputs, stats = self._recorded_loss(trajectory[k], query_x, query_y, record)
             weighted = loss if weights is None else weights[k - 1] * loss
             total = weighted if total is None else total + weighted
             for layer, pair in stats.items():  # merge with the support statistics of the same set
                 recorded[k][layer] = _average_pairs(recorded[k].get(layer), pair)
-        metrics = self._metrics(loss, outputs, query_y, support_losses)
-        for k, stats in enumerate(recorded):
-            for layer, (mean, var) in stats.items():
-                metrics[f"{_STATS}|{k}|{layer}|mean"] = mean
-                metrics[f"{_STATS}|{k}|{layer}|var"] = var
-        return total, metrics
-
-    def batched_objective(self, batch: TaskBatch, mode: str | None = None) -> tuple[Tensor, Metrics]:
-        """The driver's batching, then the per-step running statistics are updated (BNRS, training)."""
-        losses, metrics = super().batched_objective(batch, mode)
-        stats = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith(_STATS + "|")]}
-        if stats and self.training:
-            self._update_running_stats(stats)
-        return losses, metrics
+        metrics = self.query_metrics(loss, outputs, query_y, support_losses)
+        state = {str(k): stats for k, stats in enumerate(recorded) if stats}
+        return total, state, metrics
 
     @torch.no_grad()
-    def _update_running_stats(self, stats: dict[str, Tensor]) -> None:
-        for key, values in stats.items():
-            _, step, layer, kind = key.split("|")
-            stat = "running_mean" if kind == "mean" else "running_var"
-            buffer = getattr(self.bn_step_stats, parameter_key(f"{layer}.{stat}"))
-            momentum = self._momentum[layer]
-            buffer[int(step)].mul_(1 - momentum).add_(values.mean(0).to(buffer.dtype), alpha=momentum)
+    def absorb(self, state: dict[str, BatchStats]) -> None:
+        """Fold each BatchNorm set's batch statistics (mean over the tasks) into its running
+        averages, while training with BNRS."""
+        if not self.training:
+            return
+        for step, layers in state.items():
+            for layer, (mean, var) in layers.items():
+                for stat, values in (("running_mean", mean), ("running_var", var)):
+                    buffer = getattr(self.bn_step_stats, parameter_key(f"{layer}.{stat}"))
+                    momentum = self._momentum[layer]
+                    buffer[int(step)].mul_(1 - momentum).add_(values.mean(0).to(buffer.dtype),
+                                                              alpha=momentum)
 
 
 _PER_STEP_PREFIXES = ("inner_lr_params.", "bn_step_params.", "bn_step_stats.")

@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value
 
-from mamlkit.algorithms.inner_adam import adam_moments, adam_update, check_inner_optimizer
-from mamlkit.core.learner import MetaLearner, Metrics
+from mamlkit.core.inner_optim import FixedRates, check_inner_optimizer, named_optimizer
+from mamlkit.core.learner import MetaLearner, TaskOutput
 from mamlkit.core.model_io import concat
 from mamlkit.core.params import Params
 
@@ -54,43 +53,18 @@ class Reptile(MetaLearner):
     def __init__(self, model: nn.Module, *, inner_optimizer: str = "sgd",
                  adam_betas: tuple[float, float] = (0.0, 0.999), adam_eps: float = 1e-8,
                  inner_data: str = "support+query", **kwargs: Any) -> None:
-        betas = check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
+        check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
         if inner_data not in INNER_DATA:
             raise ValueError(f"Unknown inner_data {inner_data!r}; choose one of {INNER_DATA}.")
         if kwargs.get("first_order"):
             raise ValueError("Reptile never differentiates through the inner loop; drop first_order.")
         super().__init__(model, **kwargs)
-        self.inner_optimizer = inner_optimizer
-        self.adam_betas = betas
-        self.adam_eps = float(adam_eps)
+        self.inner_optimizer = named_optimizer(inner_optimizer, FixedRates(self.inner_lr),
+                                               adam_betas, adam_eps)
         self.inner_data = inner_data
 
-    def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
-                   first_order: bool) -> tuple[list[Params], list[Tensor]]:
-        """``steps`` steps of SGD or Adam (fresh state) on the given examples."""
-        if self.inner_optimizer == "sgd":
-            return super().inner_loop(params, support_x, support_y, steps, first_order)
-        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
-        fast = {n: params[n] for n in self.adapted_names}
-
-        def loss_of(fast_params: Params) -> Tensor:
-            return self.support_loss({**frozen, **fast_params}, support_x, support_y)
-
-        moments = adam_moments(fast)
-        lrs = self.inner_lrs(0)
-        trajectory, losses = [params], []
-        for step in range(steps):
-            grads, loss = grad_and_value(loss_of)(fast)
-            if first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
-            fast, moments = adam_update(fast, grads, moments, step, lrs, self.adam_betas,
-                                        self.adam_eps)
-            trajectory.append({**frozen, **fast})
-            losses.append(loss)
-        return trajectory, losses
-
     def task_objective(self, params: Params, support_x: Any, support_y: Tensor, query_x: Any,
-                       query_y: Tensor) -> tuple[Tensor, Metrics]:
+                       query_y: Tensor) -> TaskOutput:
         """Surrogate whose gradient w.r.t. ``theta`` is ``theta - phi`` and whose value is the
         adapted parameters' query loss."""
         if self.inner_data == "support+query":
@@ -108,4 +82,4 @@ class Reptile(MetaLearner):
             # theta - phi for adapted parameters; exactly zero for the others (phi = theta there).
             step = (start[name] - adapted[name]).detach()
             surrogate = surrogate + ((theta - theta.detach()) * step).sum()
-        return surrogate, self._metrics(query_loss, outputs, query_y, support_losses)
+        return surrogate, {}, self.query_metrics(query_loss, outputs, query_y, support_losses)
