@@ -46,6 +46,7 @@ from mamlkit.experiments.common import (
     prepare_run_dir,
 )
 from mamlkit.faults import (
+    EXIT_BAD_INPUT,
     EXIT_BUG,
     EXIT_DONE,
     EXIT_NON_FINITE,
@@ -77,6 +78,16 @@ EVAL_HELP = {
 """Help of the evaluation options that differ from the training meaning."""
 
 
+ALGORITHM_HELP = (
+    "--algorithm.NAME VALUE sets any constructor argument of the chosen algorithm (the "
+    "[algorithm] table of a config file), e.g. --algo imaml --algorithm.regularization 2.0 "
+    "--algorithm.cg_steps 5; --algo mamlpp --algorithm.msl_iterations 100; --algo reptile "
+    "--algorithm.inner_data support; --algo anil --algorithm.head output. Values are checked "
+    "against the algorithm's signature; arguments that are top-level options (inner_lr, "
+    "inner_steps, first_order, ...) are set with those options only.")
+"""The ``mamlkit train --help`` section on ``--algorithm.NAME`` options."""
+
+
 def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
                         only: dict[str, tuple[str, ...]] | None = None) -> None:
     title = ("evaluation settings (the rest are the run's)" if only
@@ -84,8 +95,8 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
     group = parser.add_argument_group(title)
     docs = {**_field_docs(), **(EVAL_HELP if only else {})}
     for name in (only or FIELDS):
-        if name in skip:
-            continue
+        if name in skip or typing.get_origin(field_type(name)) is dict:
+            continue  # tables: --algorithm.NAME VALUE (see ALGORITHM_HELP)
         flags = only[name] if only else ("--" + name.replace("_", "-"),)
         kind = field_type(name)
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
@@ -134,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace a non-empty --run-dir instead of refusing")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_config_options(train, skip=("task",))
+    train.add_argument_group("algorithm arguments", ALGORITHM_HELP)
 
     evaluate = sub.add_parser(
         "eval", help="evaluate a trained run with the paper's protocol", allow_abbrev=False,
@@ -174,6 +186,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
 
 
+def _with_algorithm_options(args: argparse.Namespace, *layers: dict[str, Any]) -> TrainConfig:
+    """The config of ``layers`` with the command line's ``--algorithm.NAME VALUE`` options on top,
+    their strings read by the types of the chosen algorithm's arguments."""
+    config = make_config(*layers)
+    options = getattr(args, "algorithm_options", {})
+    if not options:
+        return config
+    from mamlkit.algorithm_config import from_text
+    from mamlkit.algorithms import ALGORITHMS
+
+    _check_algorithm(config.algo)
+    table = from_text(config.algo, ALGORITHMS[config.algo], options)
+    return make_config(*layers, {"algorithm": table})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``mamlkit train``: validate everything first, then train and evaluate.
 
@@ -192,12 +219,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = load_run_config(run_dir)
         if saved.get("task") != args.task:
             raise ValueError(f"{run_dir} holds a {saved.get('task')!r} run, not {args.task!r}.")
-        config = make_config(saved, file_values, _overrides(args))
+        config = _with_algorithm_options(args, saved, file_values, _overrides(args))
         check_resume_changes(make_config(saved), config, str(run_dir))
         checkpoint_every = make_config(saved).checkpoint_every  # how the files were written
     else:
-        config = make_config(experiment.defaults_for({**file_values, **_overrides(args)}),
-                             file_values, _overrides(args), {"task": args.task})
+        config = _with_algorithm_options(
+            args, experiment.defaults_for({**file_values, **_overrides(args)}), file_values,
+            _overrides(args), {"task": args.task})
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
@@ -365,7 +393,21 @@ def main(argv: list[str] | None = None) -> int:
     download) print one line naming the file, the problem and the fix; a traceback is printed
     only for a bug.
     """
+    from mamlkit.algorithm_config import split_options
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, algorithm_options = split_options(argv)
+    except ValueError as error:
+        print(f"mamlkit: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
+    if algorithm_options and args.command != "train":
+        print(f"mamlkit: error: --algorithm.NAME options set how `mamlkit train` builds the "
+              f"algorithm; `mamlkit {args.command}` reads them from the run. Drop "
+              + ", ".join(f"--algorithm.{k}" for k in algorithm_options) + ".", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.algorithm_options = algorithm_options
     commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "export": cmd_export}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

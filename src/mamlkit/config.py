@@ -158,6 +158,10 @@ class TrainConfig:
     baseline: str = "pretrained"
     """Baseline trained after MAML for image tasks: pretrained (an ordinary classifier over the
     meta-training classes, fine-tuned at test time) or none."""
+    algorithm: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of the algorithm (the [algorithm] table of a config file, or
+    --algorithm.NAME VALUE), e.g. iMAML's regularization and cg_steps; checked against the
+    algorithm's signature (mamlkit.algorithm_config)."""
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the key and the fix for any impossible value."""
@@ -212,6 +216,8 @@ class TrainConfig:
         if not self.eval_shots or any(k < 1 for k in self.eval_shots):
             raise ValueError(f"eval_shots must be a non-empty list of sizes >= 1, "
                              f"got {self.eval_shots}.")
+        if self.algorithm:
+            self.algorithm = algorithm_table(self.algo, self.algorithm)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +244,11 @@ def coerce(name: str, value: Any, source: str) -> Any:
                          f"{', '.join(sorted(FIELDS))}.")
     expected = field_type(name)
     origin = typing.get_origin(expected)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"Config key {name!r} in {source} must be a table of NAME = value "
+                             f"settings ([{name}] in TOML), got {value!r}.")
+        return dict(value)
     if origin in (list, types.GenericAlias) or expected is list:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                   for v in value):
@@ -250,6 +261,19 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise ValueError(f"Config key {name!r} in {source} must be of type {expected.__name__}, "
                          f"got {type(value).__name__} {value!r}.")
     return value
+
+
+def algorithm_table(algo: str, table: dict[str, Any], source: str = "the configuration"
+                    ) -> dict[str, Any]:
+    """``table`` checked against the constructor of the algorithm called ``algo`` (values
+    converted to its types); ``ValueError`` for an unknown algorithm, key or type."""
+    from mamlkit.algorithm_config import check_table
+    from mamlkit.algorithms import ALGORITHMS
+
+    if algo not in ALGORITHMS:
+        raise ValueError(f"Unknown algorithm {algo!r}. Known algorithms: "
+                         f"{', '.join(sorted(ALGORITHMS))}.")
+    return check_table(algo, ALGORITHMS[algo], table, source)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -290,9 +314,16 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     for layer in layers:
         for k, v in layer.items():
-            if k not in RECORD_KEYS:
+            if k in MERGED_KEYS and k in values:  # a later table adds to (or changes) the earlier
+                values[k] = {**values[k], **coerce(k, v, "the configuration")}
+            elif k not in RECORD_KEYS:
                 values[k] = coerce(k, v, "the configuration")
     return TrainConfig(**values).validate()
+
+
+MERGED_KEYS = ("algorithm",)
+"""Table settings whose layers merge key by key (a config file's ``[algorithm]`` table and the
+command line's ``--algorithm.NAME`` options) instead of replacing each other."""
 
 
 RESUMABLE_KEYS = frozenset({

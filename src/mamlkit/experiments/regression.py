@@ -21,7 +21,7 @@ from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import adaptation_curve, summarize_curve
 from mamlkit.experiments import Experiment
-from mamlkit.experiments.common import build_learner, save_config, setup_torch
+from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
 from mamlkit.models import sinusoid_mlp
 from mamlkit.tasks.regression import Linear, RegressionTasks, Sinusoid
 from mamlkit.train import meta_train
@@ -43,8 +43,8 @@ def _tasks(config: TrainConfig, shots: int | None = None, queries: int | None = 
 
 def _baseline_config(config: TrainConfig) -> TrainConfig:
     iterations = config.baseline_iterations or config.iterations
-    return TrainConfig(**{**config.to_dict(), "inner_steps": 0, "algo": "maml",
-                          "iterations": iterations, "seed": config.seed + 1})
+    return baseline_settings(config, "maml", inner_steps=0, iterations=iterations,
+                             seed=config.seed + 1)
 
 
 def check(config: TrainConfig) -> None:

@@ -46,7 +46,7 @@ from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import Estimate, mean_ci
 from mamlkit.experiments import Experiment
-from mamlkit.experiments.common import build_learner, save_config, setup_torch
+from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
 from mamlkit.tasks.base import TaskBatch
 from mamlkit.text.data import TextClassificationData
 from mamlkit.text.episodes import ClassGroups, split_class_groups
@@ -321,10 +321,6 @@ def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> Met
     one task at a time (a transformer layer vmapped over a meta-batch needs gigabytes)."""
     if config.encoder in CACHED_STATE_ENCODERS and config.batching == "auto":
         overrides.setdefault("batching", "loop")
-    from mamlkit.algorithms import canonical_name
-
-    if canonical_name(config.algo) == "fomaml":
-        overrides["first_order"] = True
     return build_learner(config, model, "cross_entropy", **overrides).to(config.device)
 
 
@@ -453,7 +449,7 @@ def _random_init(config: TrainConfig, task: TextTask, lr: float) -> MetaLearner:
     model = build_model(config, task)
     if config.encoder in CACHED_STATE_ENCODERS:
         model.head.reset_parameters()  # a random head on the pretrained layer
-    ft = TrainConfig(**{**config.to_dict(), "algo": "randominit", "inner_lr": lr})
+    ft = baseline_settings(config, "randominit", inner_lr=lr)
     return make_learner(ft, model)
 
 

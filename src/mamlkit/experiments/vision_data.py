@@ -19,6 +19,7 @@ from torch import nn
 
 from mamlkit.config import TrainConfig
 from mamlkit.datasets.class_images import ClassImages
+from mamlkit.experiments.common import baseline_settings
 from mamlkit.tasks.base import TaskBatch
 
 ROLES = ("train", "val", "test")
@@ -313,9 +314,8 @@ def baseline_config(config: TrainConfig) -> TrainConfig:
     """Settings of the pretrained classifier: one mini-batch per step, no inner loop, no
     validation episodes (its head has the training classes, not ``ways`` outputs)."""
     iterations = config.baseline_iterations or config.iterations
-    return TrainConfig(**{**config.to_dict(), "algo": "pretrained", "inner_steps": 0,
-                          "meta_batch_size": 1, "iterations": iterations, "val_every": 0,
-                          "seed": config.seed + 1})
+    return baseline_settings(config, "pretrained", inner_steps=0, meta_batch_size=1,
+                             iterations=iterations, val_every=0, seed=config.seed + 1)
 
 
 def classifier_batch_size(config: TrainConfig) -> int:
