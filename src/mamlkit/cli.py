@@ -132,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from mamlkit.experiments.protocol import baselines_help
+
     train = sub.add_parser("train", help="meta-train on a task family, then evaluate",
-                           allow_abbrev=False,
+                           allow_abbrev=False, epilog=baselines_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Meta-train, evaluate with the paper's protocol, and save "
                                        "checkpoints, metrics and plots into the run directory.")
     train.add_argument("task", help=f"task family: {', '.join(experiment_names())}")
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace a non-empty --run-dir instead of refusing")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_config_options(train, skip=("task",))
-    train.add_argument_group("algorithm arguments", ALGORITHM_HELP)
+    train.add_argument_group("algorithm arguments", textwrap.fill(ALGORITHM_HELP, width=100))
 
     evaluate = sub.add_parser(
         "eval", help="evaluate a trained run with the paper's protocol", allow_abbrev=False,

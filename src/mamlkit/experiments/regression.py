@@ -19,9 +19,10 @@ from mamlkit.algorithms import algorithm_label
 from mamlkit.checkpoint import load_weights
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
-from mamlkit.evaluate import adaptation_curve, summarize_curve
-from mamlkit.experiments import Experiment
+from mamlkit.evaluate import summarize_curve
+from mamlkit.experiments import Experiment, protocol
 from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
+from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
 from mamlkit.models import sinusoid_mlp
 from mamlkit.tasks.regression import Linear, RegressionTasks, Sinusoid
 from mamlkit.train import meta_train
@@ -29,9 +30,8 @@ from mamlkit.wording import count
 
 EVAL_QUERY_POINTS = 100
 """Query points per held-out task at evaluation (a dense estimate of the function error)."""
-FINE_TUNE_LRS = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1)
+FINE_TUNE_LRS = FINE_TUNE_RATES["regression"]
 """Step sizes tried for fine-tuning the pretrained baseline (the paper tunes it automatically)."""
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
 
 
 def _tasks(config: TrainConfig, shots: int | None = None, queries: int | None = None
@@ -90,13 +90,14 @@ def _load(config: TrainConfig, run_dir: Path, name: str, inner_lr: float) -> Met
 
 
 def _tune_fine_tune_lr(config: TrainConfig, run_dir: Path) -> float:
+    """The step size with the lowest validation MSE at any step count (see :data:`BASELINES`)."""
     val = _tasks(config, queries=EVAL_QUERY_POINTS).fixed_tasks(config.val_tasks, VAL_SEED)
-    scores = {}
-    for lr in FINE_TUNE_LRS:
+
+    def mean_mse(lr: float) -> torch.Tensor:
         learner = _load(config, run_dir, "pretrained", lr)
-        curve = learner.adaptation_curve(val, config.eval_inner_steps)["query_loss"]
-        scores[lr] = float(curve.mean(dim=1).min())
-    return min(scores, key=scores.get)
+        return protocol.curves(learner, val, config.eval_inner_steps)["query_loss"].mean(dim=1)
+
+    return protocol.choose_rate(FINE_TUNE_LRS, mean_mse, maximize=False).rate
 
 
 def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -113,10 +114,10 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
              f"{count(steps, 'step'):>17}"]
     for shots in config.eval_shots:
         test = _tasks(config, shots, EVAL_QUERY_POINTS).fixed_tasks(config.test_tasks, TEST_SEED)
-        curves = {}
+        estimates = {}
         for label, learner in learners.items():
-            est = summarize_curve(adaptation_curve(learner, test, steps))["query_loss"]
-            curves[label] = est
+            est = summarize_curve(protocol.curves(learner, test, steps))["query_loss"]
+            estimates[label] = est
             results["mse"].setdefault(str(shots), {})[label] = [
                 {"mean": e.mean, "ci95": e.ci95} for e in est]
             picks = [est[0], est[min(1, steps)], est[steps]]
@@ -124,18 +125,12 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
         if config.plots:
             from mamlkit.plots import plot_adaptation_curves
 
-            plot_adaptation_curves(run_dir / "plots" / f"fig3_mse_vs_steps_k{shots}.png", curves,
+            plot_adaptation_curves(run_dir / "plots" / f"fig3_mse_vs_steps_k{shots}.png", estimates,
                                    "mean squared error", f"{config.task}: query MSE after k "
                                    f"gradient steps, K={shots}")
     if config.plots:
         _figure2(config, run_dir, learners)
-    table = "\n".join(lines)
-    results["table"] = table
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.txt").write_text(table + "\n")
-    print(table)
+    protocol.write_results(run_dir, results, "\n".join(lines))
     return results
 
 

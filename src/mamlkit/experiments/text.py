@@ -45,8 +45,9 @@ from torch import Tensor, nn
 from mamlkit.config import TrainConfig
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import Estimate, mean_ci
-from mamlkit.experiments import Experiment
+from mamlkit.experiments import Experiment, protocol
 from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
+from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
 from mamlkit.tasks.base import TaskBatch
 from mamlkit.text.data import TextClassificationData
 from mamlkit.text.episodes import ClassGroups, split_class_groups
@@ -59,13 +60,11 @@ if TYPE_CHECKING:
 
 SPLIT_SEED = 0
 """Seed of the class split: fixed, so every run of a dataset is scored on the same classes."""
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
-"""Seeds of the fixed meta-validation and meta-test episodes."""
 HEAD_HIDDEN = 256
 """Hidden width of the MLP head on frozen sentence embeddings."""
 BAG_EMBEDDING_DIM = 64
 """Word-vector size of the bag and cnn encoders."""
-FINE_TUNE_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
+FINE_TUNE_LRS = FINE_TUNE_RATES["text"]
 """Step sizes tried for the fine-tune-from-random-init baseline (chosen on validation episodes)."""
 FINE_TUNE_STEP_FACTOR = 10
 """The fine-tune baseline may take up to this many times ``eval_inner_steps`` full-batch steps (the
@@ -384,9 +383,7 @@ def _episodes(task: TextTask, config: TrainConfig, split: str, count: int, seed:
 def accuracy_curves(learner: MetaLearner, episodes: Iterable[TaskBatch], steps: int,
                     device: str) -> Tensor:
     """Query accuracy after 0..``steps`` adaptation steps, ``[steps + 1, episodes]``."""
-    parts = [learner.adaptation_curve(b.to(device), steps)["query_accuracy"].cpu()
-             for b in episodes]
-    return torch.cat(parts, dim=1)
+    return protocol.curves(learner, episodes, steps, device)["query_accuracy"]
 
 
 def _frozen_feature_batch(model: nn.Module, batch: TaskBatch) -> TaskBatch:
@@ -431,14 +428,10 @@ def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: Fixe
     """
     max_steps = config.eval_inner_steps * (1 if config.encoder in CACHED_STATE_ENCODERS
                                            else FINE_TUNE_STEP_FACTOR)
-    best: tuple[float, float, int] = (-1.0, 0.0, 0)
-    for lr in FINE_TUNE_LRS:
-        learner = _random_init(config, task, lr)
-        curve = accuracy_curves(learner, val_episodes, max_steps, config.device).mean(dim=1)
-        step = int(curve.argmax())
-        if float(curve[step]) > best[0]:
-            best = (float(curve[step]), lr, step)
-    val_accuracy, lr, steps = best
+    choice = protocol.choose_rate(FINE_TUNE_LRS, lambda lr: accuracy_curves(
+        _random_init(config, task, lr), val_episodes, max_steps, config.device).mean(dim=1),
+        maximize=True)
+    lr, steps, val_accuracy = choice.rate, choice.best_step[choice.rate], choice.scores[choice.rate]
     learner = _random_init(config, task, lr)
     scores = accuracy_curves(learner, test_episodes, steps, config.device)[-1]
     return scores, {"lr": lr, "steps": steps, "val_accuracy": val_accuracy}
@@ -489,21 +482,16 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     width = max(len(label) for label, _ in rows.values())
     lines = [title] + [f"  {label:<{width}}  {est.mean * 100:6.2f} ± {est.ci95 * 100:.2f} %"
                        for label, est in rows.values()]
-    table = "\n".join(lines)
     results = {
         "dataset": task.dataset, "ways": config.ways, "shots": config.shots,
         "queries": config.queries, "encoder": config.encoder, "algo": config.algo,
         "episodes": config.test_tasks, "eval_inner_steps": steps,
         "accuracy": {label: _estimate(e) for label, e in rows.values()},
         "methods": {key: {"label": label, **_estimate(e)} for key, (label, e) in rows.items()},
-        "fine_tune": fine_tune_info, "meta_eval_seconds": meta_s, "table": table,
+        "fine_tune": fine_tune_info, "meta_eval_seconds": meta_s, "table": "",
         "data": _describe(task, config),
     }
-    out = run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.txt").write_text(table + "\n")
-    print(table)
+    protocol.write_results(run_dir, results, "\n".join(lines))
     return results
 
 

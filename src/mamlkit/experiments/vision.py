@@ -66,7 +66,6 @@ from mamlkit.experiments.vision_data import (  # noqa: F401 - the public names o
 from mamlkit.experiments.vision_eval import (  # noqa: F401
     FINE_TUNE_LRS,
     _learning_curve,
-    accuracy_curve,
     choose_fine_tune_lr,
     evaluate,
     fine_tune_learner,

@@ -20,12 +20,11 @@ from torch import nn
 from mamlkit.config import TrainConfig
 from mamlkit.datasets.class_images import ClassImages
 from mamlkit.experiments.common import baseline_settings
+from mamlkit.experiments.protocol import TEST_SEED, VAL_SEED  # noqa: F401 - also named here
 from mamlkit.tasks.base import TaskBatch
 
 ROLES = ("train", "val", "test")
 """Meta-training, meta-validation and meta-test class sets."""
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
-"""Seeds of the fixed meta-validation and meta-test episodes (the same episodes every run)."""
 OFFICIAL_VAL_CHARACTERS = 100
 """Background characters held out for validation in Omniglot's official split."""
 OFFICIAL_VAL_SEED = 0
