@@ -16,11 +16,8 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-TOP_LEVEL: dict[str, str] = {
-    "inner_lr": "--inner-lr", "inner_steps": "--inner-steps", "first_order": "--first-order",
-    "eval_inner_steps": "--eval-inner-steps", "batching": "--batching",
-    "chunk_size": "--chunk-size", "compile": "--compile", "task_threads": "--task-threads",
-}
+TOP_LEVEL = ("inner_lr", "inner_steps", "first_order", "eval_inner_steps", "batching",
+             "chunk_size", "compile", "task_threads")
 """Constructor arguments that are top-level settings (one place to set each): refused in the
 ``[algorithm]`` table with the option to use instead."""
 SET_BY_EXPERIMENT = ("model", "loss")
@@ -170,12 +167,14 @@ def check_table(algo: str, cls: type, table: Mapping[str, Any], source: str) -> 
     Raises ``ValueError`` naming the key for a top-level setting, an experiment's own argument, an
     unknown key (listing the valid ones) or a value of the wrong type.
     """
+    from mamlkit.config import FIELDS
+
     keys = settable(cls)
     checked = {}
     for key, value in table.items():
-        if key in TOP_LEVEL:
+        if key in TOP_LEVEL or key in FIELDS:
             raise ValueError(f"algorithm.{key} in {source}: {key} is a top-level setting; set it "
-                             f"once, with {TOP_LEVEL[key]} (or {key} = ... outside the "
+                             f"once, with --{key.replace('_', '-')} (or {key} = ... outside the "
                              "[algorithm] table).")
         if key in SET_BY_EXPERIMENT:
             raise ValueError(f"algorithm.{key} in {source}: the {key} is chosen by the experiment "
@@ -223,3 +222,15 @@ def from_text(algo: str, cls: type, options: Mapping[str, str]) -> dict[str, Any
     arguments (unknown names are left for :func:`check_table` to refuse)."""
     keys = settable(cls)
     return {k: parse_text(keys[k], v) if k in keys else v for k, v in options.items()}
+
+
+def algorithm_table(algo: str, table: dict[str, Any], source: str = "the configuration"
+                    ) -> dict[str, Any]:
+    """``table`` checked against the constructor of the algorithm called ``algo`` (values
+    converted to its types); ``ValueError`` for an unknown algorithm, key or type."""
+    from mamlkit.algorithms import ALGORITHMS
+
+    if algo not in ALGORITHMS:
+        raise ValueError(f"Unknown algorithm {algo!r}. Known algorithms: "
+                         f"{', '.join(sorted(ALGORITHMS))}.")
+    return check_table(algo, ALGORITHMS[algo], table, source)

@@ -15,18 +15,17 @@ import sys
 import textwrap
 import time
 import traceback
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mamlkit.cli_options import EVAL_OPTIONS, add_algorithm_help, add_config_options
 from mamlkit.config import (
     FIELDS,
     TrainConfig,
     check_resume_changes,
-    field_type,
     make_config,
     read_config_file,
 )
@@ -57,73 +56,6 @@ from mamlkit.faults import (
 from mamlkit.tracking import log_final_evaluation
 from mamlkit.train import NonFiniteError, autocast_factory, stop_code
 
-EVAL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "task": ("--task",), "data_root": ("--data-root",), "class_split": ("--class-split",),
-    "ways": ("--ways",), "shots": ("--shots",), "eval_queries": ("--queries", "--eval-queries"),
-    "test_tasks": ("--test-episodes", "--test-tasks"), "eval_inner_steps": ("--eval-inner-steps",),
-    "eval_shots": ("--eval-shots",), "baseline": ("--baseline",), "invert": ("--invert",),
-    "on_bad_image": ("--on-bad-image",), "cache_dir": ("--cache-dir",), "device": ("--device",),
-    "threads": ("--threads",), "batching": ("--batching",), "plots": ("--plots",),
-}
-"""Settings ``mamlkit eval`` takes (field -> flags); the rest were fixed by training."""
-EVAL_HELP = {
-    "task": "evaluate on another task family whose inputs fit the network (e.g. images)",
-    "data_root": "the evaluation data (with --task images: another image folder tree)",
-    "ways": "classes per episode; other than the trained number re-initialises the output "
-            "layer to zeros (noted in the output)",
-    "eval_queries": "query examples per class of the test episodes (0 = as many as shots)",
-    "test_tasks": "number of fixed meta-test episodes",
-    "baseline": "pretrained (also score the run's pretrained classifier) or none",
-}
-"""Help of the evaluation options that differ from the training meaning."""
-
-
-ALGORITHM_HELP = (
-    "--algorithm.NAME VALUE sets any constructor argument of the chosen algorithm (the "
-    "[algorithm] table of a config file), e.g. --algo imaml --algorithm.regularization 2.0 "
-    "--algorithm.cg_steps 5; --algo mamlpp --algorithm.msl_iterations 100; --algo reptile "
-    "--algorithm.inner_data support; --algo anil --algorithm.head output. Values are checked "
-    "against the algorithm's signature; arguments that are top-level options (inner_lr, "
-    "inner_steps, first_order, ...) are set with those options only.")
-"""The ``mamlkit train --help`` section on ``--algorithm.NAME`` options."""
-
-
-def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
-                        only: dict[str, tuple[str, ...]] | None = None) -> None:
-    title = ("evaluation settings (the rest are the run's)" if only
-             else "configuration (override the experiment's defaults)")
-    group = parser.add_argument_group(title)
-    docs = {**_field_docs(), **(EVAL_HELP if only else {})}
-    for name in (only or FIELDS):
-        if name in skip or typing.get_origin(field_type(name)) is dict:
-            continue  # tables: --algorithm.NAME VALUE (see ALGORITHM_HELP)
-        flags = only[name] if only else ("--" + name.replace("_", "-"),)
-        kind = field_type(name)
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                                  "help": docs.get(name, "")}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is list:
-            kwargs.update(nargs="+", type=int, metavar="N")
-        else:
-            kwargs.update(type=kind, metavar=kind.__name__.upper())
-        group.add_argument(*flags, **kwargs)
-
-
-def _field_docs() -> dict[str, str]:
-    """Attribute docstrings of TrainConfig, for --help."""
-    import ast
-    import inspect
-
-    source = inspect.getsource(TrainConfig)
-    body = ast.parse(source).body[0].body
-    docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant):
-            docs[node.target.id] = str(following.value.value).strip()
-    return docs
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mamlkit`` command."""
@@ -147,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --run-dir instead of refusing")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    _add_config_options(train, skip=("task",))
-    train.add_argument_group("algorithm arguments", textwrap.fill(ALGORITHM_HELP, width=100))
+    add_config_options(train, skip=("task",))
+    add_algorithm_help(train)
 
     evaluate = sub.add_parser(
         "eval", help="evaluate a trained run with the paper's protocol", allow_abbrev=False,
@@ -158,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--benchmark", choices=("omniglot-20runs",),
                           help="Lake et al.'s (Science 2015) 20 runs of 20-way within-alphabet "
                                "one-shot classification (all_runs.zip under --data-root/omniglot)")
-    _add_config_options(evaluate, only=EVAL_OPTIONS)
+    add_config_options(evaluate, only=EVAL_OPTIONS)
 
     sub.add_parser("list", help="list task families and algorithms", allow_abbrev=False)
     _add_export_parser(sub)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mamlkit.config_groups import CONCERNS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -164,60 +166,13 @@ class TrainConfig:
     algorithm's signature (mamlkit.algorithm_config)."""
 
     def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the key and the fix for any impossible value."""
-        positive = ["shots", "queries", "meta_batch_size", "iterations", "test_tasks", "val_tasks"]
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
-        if self.ways < 2:
-            raise ValueError(f"ways must be >= 2 (a classification episode needs two classes), "
-                             f"got {self.ways}.")
+        """Raise ``ValueError`` naming the key and the fix for any impossible value (the checks of
+        every :data:`CONCERNS` group in turn)."""
         for key in (f.name for f in dataclasses.fields(self) if f.type in (float, "float")):
             if not math.isfinite(getattr(self, key)):
                 raise ValueError(f"{key} must be a finite number, got {getattr(self, key)}.")
-        for key in ("inner_lr", "meta_lr"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
-        for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads", "task_threads",
-                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden",
-                    "image_size", "workers"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
-        for key in ("checkpoint_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
-        if self.time_budget_minutes < 0:
-            raise ValueError("time_budget_minutes must be >= 0 (0 = no limit).")
-        for key in ("weight_decay", "grad_clip", "warmup_iterations", "lr_step_size"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
-        if not 0 < self.lr_gamma <= 1:
-            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
-        choices = {"optimizer": ("adam", "sgd"), "batching": ("auto", "vmap", "loop"),
-                   "lr_schedule": ("constant", "cosine", "step"), "wandb": ("off", "offline", "online"),
-                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16"),
-                   "on_bad_image": ("stop", "skip"), "baseline": ("pretrained", "none"),
-                   "channels": (0, 1, 3)}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
-        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer", "lora"):
-            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, lora, got "
-                             f"{self.encoder!r}.")
-        if self.max_tokens < 2:
-            raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}.")
-        if self.max_per_class < 0:
-            raise ValueError(f"max_per_class must be >= 0 (0 = all examples), got "
-                             f"{self.max_per_class}.")
-        if self.task_threads > 1 and not self.compile:
-            raise ValueError(f"task_threads = {self.task_threads} spreads the compiled meta-gradient "
-                             "over threads: set compile = true as well (--compile), or "
-                             "task_threads = 0.")
-        if not self.eval_shots or any(k < 1 for k in self.eval_shots):
-            raise ValueError(f"eval_shots must be a non-empty list of sizes >= 1, "
-                             f"got {self.eval_shots}.")
-        if self.algorithm:
-            self.algorithm = algorithm_table(self.algo, self.algorithm)
+        for concern in CONCERNS.values():
+            concern.check_values(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +181,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CONCERN_OF = {name: concern for concern, group in CONCERNS.items() for name in group.fields}
+"""Field -> the name of its :data:`CONCERNS` group."""
 RECORD_KEYS = ("provenance",)
 """Keys of a run's config.json that record the run rather than set it (versions, commit, command
 line; :mod:`mamlkit.provenance`): skipped when a configuration is read back."""
@@ -263,19 +220,6 @@ def coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-def algorithm_table(algo: str, table: dict[str, Any], source: str = "the configuration"
-                    ) -> dict[str, Any]:
-    """``table`` checked against the constructor of the algorithm called ``algo`` (values
-    converted to its types); ``ValueError`` for an unknown algorithm, key or type."""
-    from mamlkit.algorithm_config import check_table
-    from mamlkit.algorithms import ALGORITHMS
-
-    if algo not in ALGORITHMS:
-        raise ValueError(f"Unknown algorithm {algo!r}. Known algorithms: "
-                         f"{', '.join(sorted(ALGORITHMS))}.")
-    return check_table(algo, ALGORITHMS[algo], table, source)
-
-
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Key/values of a TOML (``.toml`` or no suffix) or JSON (``.json``) config file,
     type-checked against :class:`TrainConfig`."""
@@ -297,7 +241,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"Config file {path} must hold a table of key = value settings, "
                          f"not a {type(raw).__name__}.")
-    return {k: coerce(k, v, str(path)) for k, v in raw.items() if k not in RECORD_KEYS}
+    return {k: coerce(k, v, str(path)) for k, v in flatten_tables(raw, str(path)).items()
+            if k not in RECORD_KEYS}
+
+
+TABLES = tuple(name for name in CONCERNS if name != "algorithm")
+"""Tables a config file may group settings in (``[loop]``, ...); ``[algorithm]`` holds the
+algorithm's constructor arguments (:mod:`mamlkit.algorithm_config`)."""
+
+
+def flatten_tables(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The settings of a config file with its ``[loop]``, ``[data]``, ``[execution]`` and
+    ``[evaluation]`` tables flattened; ``ValueError`` for a setting in the wrong table or set
+    twice."""
+    flat = {k: v for k, v in raw.items() if k not in TABLES}
+    for table in (t for t in TABLES if t in raw):
+        if not isinstance(raw[table], dict):
+            raise ValueError(f"{table} in {source} must be a table ([{table}] in TOML) of "
+                             f"settings, got {raw[table]!r}.")
+        for key, value in raw[table].items():
+            if key not in FIELDS:
+                coerce(key, value, source)  # names the known keys
+            if CONCERN_OF[key] != table:
+                raise ValueError(f"{key} in {source} is in [{table}] but belongs in "
+                                 f"[{CONCERN_OF[key]}] (or at the top level); move it.")
+            if key in flat:
+                raise ValueError(f"{key} is set twice in {source} (at the top level and in "
+                                 f"[{table}]); keep one.")
+            flat[key] = value
+    return flat
 
 
 def read_text_file(path: Path, what: str) -> str:
