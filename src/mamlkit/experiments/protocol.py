@@ -49,13 +49,14 @@ BASELINES: dict[str, dict[str, str]] = {
                       "count (Finn et al. 2017, 5.1).",
     },
     "vision (omniglot, miniimagenet, cifar-fs, images)": {
-        "pretrained": "the same ConvNet trained as an ordinary classifier over all meta-training "
+        "pretrained": "the same network trained as an ordinary classifier over all meta-training "
                       "classes (cross-entropy, as many images per step as a MAML meta-batch), its "
                       "output layer then replaced by a zero ways-way layer and every parameter "
                       "fine-tuned on each support set (--baseline none skips it).",
-        "random init": "the same ConvNet from a random initialisation (seed + 1), fine-tuned the "
+        "random init": "the same network from a random initialisation (seed + 1), fine-tuned the "
                        "same way. Both baselines' step size is the one of the vision grid with "
-                       "the best validation accuracy after eval_inner_steps steps.",
+                       "the best validation accuracy after eval_inner_steps steps (the inner "
+                       "learning rate when the run has no usable validation classes).",
     },
     "text (banking77, clinc150, fewrel)": {
         "prototypes": "nearest class prototype (Snell et al. 2017) on frozen features: MiniLM "
