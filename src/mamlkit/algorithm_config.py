@@ -87,10 +87,10 @@ def settable(cls: type) -> dict[str, Any]:
 
 
 def _describe(hint: Any) -> str:
-    names = [getattr(h, "__name__", None) if typing.get_origin(h) is None else str(h)
-             for h in _members(hint)]
-    return " or ".join("None" if n == "NoneType" else str(n or h) for n, h in
-                       zip(names, _members(hint)))
+    """``int``, ``str or None``, ``tuple[float, float]``: the values ``hint`` admits in a file."""
+    plain = [h for h in _members(hint) if _plain(h) or h is type(None)]
+    return " or ".join("None" if h is type(None) else str(h) if typing.get_origin(h)
+                       else getattr(h, "__name__", str(h)) for h in plain)
 
 
 def _coerce_one(hint: Any, value: Any) -> tuple[bool, Any]:

@@ -164,6 +164,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
+    if config.algorithm and not experiment.algorithm_arguments:
+        raise ValueError(f"{args.task} builds its learner itself and takes no [algorithm] "
+                         f"arguments; drop {', '.join(sorted(config.algorithm))} (the "
+                         "--algorithm.NAME options or the config file's [algorithm] table).")
     check_device(config.device)
     if experiment.check is not None:
         experiment.check(config)  # settings and data, before a run folder exists

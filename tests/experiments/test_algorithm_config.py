@@ -115,3 +115,21 @@ def test_split_options_leaves_other_arguments(tmp_path: Path):
                                    "--algorithm.regularization=2", "--iterations", "3"])
     assert rest == ["train", "x", "--iterations", "3"]
     assert options == {"cg_steps": "5", "regularization": "2"}
+
+
+def test_an_experiment_that_builds_its_own_learner_refuses_the_table(tmp_path, capsys,
+                                                                     monkeypatch):
+    import dataclasses
+
+    import mamlkit.cli
+    from mamlkit.experiments import get_experiment
+
+    for name in ("sinusoid", "linear", "omniglot", "images", "banking77"):
+        assert get_experiment(name).algorithm_arguments, name
+    own = dataclasses.replace(get_experiment("sinusoid"), algorithm_arguments=False)
+    monkeypatch.setattr(mamlkit.cli, "get_experiment", lambda name: own)
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--algorithm.adapt", "net", "--run-dir", str(run)]) == 2
+    assert "sinusoid builds its learner itself and takes no [algorithm] arguments" in \
+        capsys.readouterr().err
+    assert not run.exists()

@@ -167,6 +167,7 @@ _COMMON = {"threads": 1, "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps":
 
 SINUSOID = Experiment(
     name="sinusoid",
+    algorithm_arguments=True,
     summary="Sinusoid regression (Finn et al. 2017, 5.1): A~U[0.1,5], phase~U[0,pi], x~U[-5,5].",
     defaults={**_COMMON, "task": "sinusoid", "shots": 10, "queries": 10, "iterations": 70000,
               "eval_shots": [5, 10, 20]},
@@ -178,6 +179,7 @@ SINUSOID = Experiment(
 
 LINEAR = Experiment(
     name="linear",
+    algorithm_arguments=True,
     summary="Lines y = a x + b, a,b~U[-3,3]: fit a new line from one or two points.",
     defaults={**_COMMON, "task": "linear", "shots": 2, "queries": 10, "iterations": 5000,
               "inner_lr": 0.1, "eval_shots": [1, 2, 5], "val_every": 500},

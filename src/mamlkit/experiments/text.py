@@ -535,6 +535,7 @@ def _estimate(estimate: Estimate) -> dict[str, Any]:
 
 def _experiment(name: str, summary: str) -> Experiment:
     return Experiment(name=name, summary=summary, defaults={**_COMMON, "task": name},
+                      algorithm_arguments=True,
                       train=train, evaluate=evaluate, derived_defaults=derived_defaults)
 
 

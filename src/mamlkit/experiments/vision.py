@@ -167,6 +167,7 @@ _COMMON = {"algo": "maml", "ways": 5, "shots": 1, "eval_inner_steps": 10, "meta_
 
 OMNIGLOT = Experiment(
     name="omniglot",
+    algorithm_arguments=True,
     summary="Omniglot N-way K-shot (Finn et al. 2017, 5.2): 1,623 characters x 4 rotations.",
     defaults={**_COMMON, "task": "omniglot", "queries": 1, **OMNIGLOT_BY_WAYS[5]},
     train=train,
@@ -180,6 +181,7 @@ _MINI = {**_COMMON, "queries": 15, "inner_lr": 0.01, "inner_steps": 5, **MINIIMA
 
 MINIIMAGENET = Experiment(
     name="miniimagenet",
+    algorithm_arguments=True,
     summary="miniImageNet N-way K-shot (Finn et al. 2017, 5.2), Ravi & Larochelle split.",
     defaults={**_MINI, "task": "miniimagenet"},
     train=train,
@@ -191,6 +193,7 @@ MINIIMAGENET = Experiment(
 
 CIFAR_FS = Experiment(
     name="cifar-fs",
+    algorithm_arguments=True,
     summary="CIFAR-FS N-way K-shot (Bertinetto et al. 2019) with MAML's miniImageNet settings.",
     defaults={**_MINI, "task": "cifar-fs"},
     train=train,
