@@ -255,19 +255,34 @@ def flatten_tables(raw: dict[str, Any], source: str) -> dict[str, Any]:
     ``[evaluation]`` tables flattened; ``ValueError`` for a setting in the wrong table or set
     twice."""
     flat = {k: v for k, v in raw.items() if k not in TABLES}
-    for table in (t for t in TABLES if t in raw):
-        if not isinstance(raw[table], dict):
+    tables = {table: raw[table] for table in TABLES if table in raw}
+    for table, values in tables.items():
+        if not isinstance(values, dict):
             raise ValueError(f"{table} in {source} must be a table ([{table}] in TOML) of "
-                             f"settings, got {raw[table]!r}.")
-        for key, value in raw[table].items():
+                             f"settings, got {values!r}.")
+    grouped = by_concern(source, **tables)
+    twice = [key for key in grouped if key in flat]
+    if twice:
+        raise ValueError(f"{twice[0]} is set twice in {source} (at the top level and in "
+                         f"[{CONCERN_OF[twice[0]]}]); keep one.")
+    return {**flat, **grouped}
+
+
+def by_concern(source: str = "the defaults", **groups: dict[str, Any]) -> dict[str, Any]:
+    """Settings written per concern (``loop={...}, data={...}``, as experiments write their
+    defaults and config files their tables) as one flat dict; ``ValueError`` naming the group a
+    setting belongs in when it is in another."""
+    flat: dict[str, Any] = {}
+    for concern, values in groups.items():
+        if concern not in CONCERNS:
+            raise ValueError(f"{source}: no settings group {concern!r}; the groups are "
+                             f"{', '.join(CONCERNS)}.")
+        for key, value in values.items():
             if key not in FIELDS:
                 coerce(key, value, source)  # names the known keys
-            if CONCERN_OF[key] != table:
-                raise ValueError(f"{key} in {source} is in [{table}] but belongs in "
+            if CONCERN_OF[key] != concern:
+                raise ValueError(f"{key} in {source} is in [{concern}] but belongs in "
                                  f"[{CONCERN_OF[key]}] (or at the top level); move it.")
-            if key in flat:
-                raise ValueError(f"{key} is set twice in {source} (at the top level and in "
-                                 f"[{table}]); keep one.")
             flat[key] = value
     return flat
 

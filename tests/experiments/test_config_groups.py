@@ -53,3 +53,16 @@ def test_help_lists_the_options_by_concern(capsys):
                                                          "--test-tasks")}
     assert sections[1] < at["--meta-lr"] < sections[2] < at["--ways"] < sections[3]
     assert sections[3] < at["--batching"] < sections[4] < at["--test-tasks"]
+
+
+def test_experiment_defaults_are_written_by_concern():
+    from mamlkit.config import by_concern
+    from mamlkit.experiments.regression import SINUSOID
+
+    assert SINUSOID.defaults["threads"] == 1 and SINUSOID.defaults["meta_batch_size"] == 25
+    assert by_concern(loop={"meta_lr": 0.1}, data={"ways": 3}) == {"meta_lr": 0.1, "ways": 3}
+    with pytest.raises(ValueError, match=r"threads in the defaults is in \[loop\] but belongs "
+                                         r"in \[execution\]"):
+        by_concern(loop={"threads": 1})
+    with pytest.raises(ValueError, match="no settings group 'model'"):
+        by_concern(model={"hidden": 3})

@@ -17,7 +17,7 @@ import torch
 
 from mamlkit.algorithms import algorithm_label
 from mamlkit.checkpoint import load_weights
-from mamlkit.config import TrainConfig
+from mamlkit.config import TrainConfig, by_concern
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import summarize_curve
 from mamlkit.experiments import Experiment, protocol
@@ -161,9 +161,12 @@ def _figure2(config: TrainConfig, run_dir: Path, learners: dict[str, MetaLearner
 
 
 # One intra-op thread: the sinusoid MLP is tiny, and thread synchronisation costs more than it saves.
-_COMMON = {"threads": 1, "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10, "meta_batch_size": 25,
-           "meta_lr": 1e-3, "val_every": 1000, "val_tasks": 200, "checkpoint_every": 1000,
-           "test_tasks": 1000}
+_COMMON = by_concern(
+    algorithm={"inner_lr": 0.01, "inner_steps": 1},
+    loop={"meta_batch_size": 25, "meta_lr": 1e-3, "val_every": 1000, "val_tasks": 200,
+          "checkpoint_every": 1000},
+    execution={"threads": 1},
+    evaluation={"eval_inner_steps": 10, "test_tasks": 1000})
 
 SINUSOID = Experiment(
     name="sinusoid",

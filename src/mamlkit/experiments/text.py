@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from mamlkit.config import TrainConfig
+from mamlkit.config import TrainConfig, by_concern
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import Estimate, mean_ci
 from mamlkit.experiments import Experiment, protocol
@@ -495,19 +495,19 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     return results
 
 
-_COMMON: dict[str, Any] = {
-    "encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.1,
-    "inner_steps": 5, "eval_inner_steps": 10, "meta_batch_size": 16, "meta_lr": 1e-3,
-    "iterations": 500, "val_every": 50, "val_tasks": 100, "checkpoint_every": 50,
-    "test_tasks": 600, "plots": False,
-}
+_COMMON: dict[str, Any] = by_concern(
+    algorithm={"inner_lr": 0.1, "inner_steps": 5},
+    loop={"meta_batch_size": 16, "meta_lr": 1e-3, "iterations": 500, "val_every": 50,
+          "val_tasks": 100, "checkpoint_every": 50},
+    data={"encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15},
+    evaluation={"eval_inner_steps": 10, "test_tasks": 600, "plots": False})
 """Defaults of every text experiment (frozen encoder + MLP head, 5-way 1-shot, 15 queries)."""
 
-LAST_LAYER_DEFAULTS: dict[str, Any] = {
-    "first_order": True, "meta_batch_size": 4, "inner_steps": 2, "eval_inner_steps": 5,
-    "val_tasks": 20, "val_every": 25, "checkpoint_every": 25, "iterations": 200,
-    "inner_lr": 0.01, "meta_lr": 3e-5,
-}
+LAST_LAYER_DEFAULTS: dict[str, Any] = by_concern(
+    algorithm={"first_order": True, "inner_steps": 2, "inner_lr": 0.01},
+    loop={"meta_batch_size": 4, "val_tasks": 20, "val_every": 25, "checkpoint_every": 25,
+          "iterations": 200, "meta_lr": 3e-5},
+    evaluation={"eval_inner_steps": 5})
 """Defaults of ``--encoder last-layer``: first-order MAML (second order through a transformer
 layer keeps every attention map of every inner step per task), smaller meta-batches and
 validation sets so a CPU run stays within memory, and an outer step size in the range used to

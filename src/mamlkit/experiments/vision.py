@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mamlkit.config import TrainConfig
+from mamlkit.config import TrainConfig, by_concern
 from mamlkit.experiments import Experiment
 from mamlkit.experiments.common import build_learner, save_config, setup_torch
 from mamlkit.experiments.vision_data import (  # noqa: F401 - the public names of the experiments
@@ -161,9 +161,12 @@ def miniimagenet_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
     return dict(by_key(MINIIMAGENET_BY_SHOTS, values["shots"]))
 
 
-_COMMON = {"algo": "maml", "ways": 5, "shots": 1, "eval_inner_steps": 10, "meta_lr": 1e-3,
-           "optimizer": "adam", "iterations": 60000, "val_every": 500, "val_tasks": 100,
-           "checkpoint_every": 500, "test_tasks": 600, "baseline_iterations": 0}
+_COMMON = by_concern(
+    algorithm={"algo": "maml"},
+    loop={"meta_lr": 1e-3, "optimizer": "adam", "iterations": 60000, "val_every": 500,
+          "val_tasks": 100, "checkpoint_every": 500, "baseline_iterations": 0},
+    data={"ways": 5, "shots": 1},
+    evaluation={"eval_inner_steps": 10, "test_tasks": 600})
 
 OMNIGLOT = Experiment(
     name="omniglot",
