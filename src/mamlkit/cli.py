@@ -44,6 +44,7 @@ from mamlkit.experiments.common import (
     load_run_config,
     prepare_run_dir,
 )
+from mamlkit.experiments.protocol import baselines_help
 from mamlkit.faults import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -63,8 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mamlkit", description="Model-agnostic meta-learning (MAML and its family).",
         allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from mamlkit.experiments.protocol import baselines_help
 
     train = sub.add_parser("train", help="meta-train on a task family, then evaluate",
                            allow_abbrev=False, epilog=baselines_help(),
