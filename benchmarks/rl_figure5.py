@@ -13,11 +13,12 @@ one inner step of size 0.1, TRPO with max KL 0.01, 500 meta-iterations.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
-from mamlkit.rl.train import RLConfig, evaluate_rl, train_rl
+from mamlkit import LoopConfig
+from mamlkit.metrics_log import read_rows
+from mamlkit.rl.train import PHASES, RLSettings, evaluate_rl, train_rl
 
 
 def main() -> None:
@@ -36,24 +37,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
-    config = RLConfig(
-        env=args.env, meta_iterations=args.iterations,
-        pretrain_iterations=args.pretrain_iterations, meta_batch_size=args.meta_batch_size,
+    settings = RLSettings(
+        env=args.env, pretrain_iterations=args.pretrain_iterations,
         trajectories=args.trajectories, inner_lr=args.inner_lr, eval_steps=args.eval_steps,
-        eval_tasks=args.eval_tasks, threads=args.threads, device=args.device, seed=args.seed,
+        eval_tasks=args.eval_tasks,
     )
+    loop = LoopConfig(iterations=args.iterations, meta_batch_size=args.meta_batch_size,
+                      checkpoint_every=10, threads=args.threads or 0, device=args.device,
+                      seed=args.seed)
+    run_dir = Path(args.run_dir)
     start = time.perf_counter()
-    run_dir = train_rl(config, args.run_dir, resume=args.resume)
+    train_rl(settings, loop, run_dir, resume=args.resume)
     train_s = time.perf_counter() - start
-    with (Path(run_dir) / "metrics.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    for phase in ("maml", "pretrained"):
-        phase_rows = [r for r in rows if r["phase"] == phase]
+    for phase in PHASES:
+        phase_rows = read_rows(run_dir / phase / "metrics.csv", 10**9)
         if phase_rows:
             per_iter = float(phase_rows[-1]["elapsed_s"]) / len(phase_rows)
             print(f"{phase}: {len(phase_rows)} iterations, {per_iter:.2f} s/iteration")
     print(f"training wall-clock this call: {train_s:.0f} s")
-    results = evaluate_rl(run_dir)
+    results = evaluate_rl(run_dir, settings, args.seed, args.device)
     steps = len(next(iter(results.values())))
     header = f"{'policy':<14}" + "".join(f"{f'{k} steps':>18}" for k in range(steps))
     print(header)

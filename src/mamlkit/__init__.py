@@ -25,10 +25,11 @@ from mamlkit.datasets import (
     split_classes,
 )
 from mamlkit.evaluate import evaluate_episodes
+from mamlkit.loop_config import LoopConfig
 from mamlkit.models import MLP, ConvNet, miniimagenet_cnn, omniglot_cnn, omniglot_mlp, sinusoid_mlp
 from mamlkit.runs import load_run
 from mamlkit.tasks import Linear, Sinusoid, TaskBatch
-from mamlkit.train import meta_train
+from mamlkit.train import TrainResult, meta_train, train_loop
 
 __all__ = [
     "ALGORITHMS",
@@ -44,12 +45,14 @@ __all__ = [
     "ImageFolder",
     "ImageOptions",
     "Linear",
+    "LoopConfig",
     "MetaLearner",
     "MiniImageNet",
     "Omniglot",
     "Sinusoid",
     "TaskBatch",
     "TrainConfig",
+    "TrainResult",
     "cifar_fs_tasks",
     "collate_tasks",
     "evaluate_episodes",
@@ -63,5 +66,6 @@ __all__ = [
     "omniglot_tasks",
     "sinusoid_mlp",
     "split_classes",
+    "train_loop",
 ]
 __version__ = "0.1.0"

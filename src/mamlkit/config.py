@@ -41,6 +41,8 @@ class TrainConfig:
     """Support examples per class (classification) or points per task (regression)."""
     queries: int = 10
     """Query examples per class (classification) or points per task (regression)."""
+    trajectories: int = 20
+    """Rollouts per task at every inner step and after adaptation (reinforcement learning)."""
     inner_lr: float = 0.01
     """Inner-loop (adaptation) learning rate."""
     inner_steps: int = 1

@@ -112,10 +112,10 @@ CONCERNS: dict[str, Concern] = {
         check=_check_loop),
     "data": Concern(
         "the task stream: task family, episode shape, dataset files and their preprocessing",
-        ("task", "ways", "shots", "queries", "data_root", "download", "class_split", "encoder",
-         "cache_dir", "max_tokens", "max_per_class", "image_size", "channels", "invert",
-         "normalize", "workers", "on_bad_image"),
-        at_least_one=("shots", "queries"),
+        ("task", "ways", "shots", "queries", "trajectories", "data_root", "download",
+         "class_split", "encoder", "cache_dir", "max_tokens", "max_per_class", "image_size",
+         "channels", "invert", "normalize", "workers", "on_bad_image"),
+        at_least_one=("shots", "queries", "trajectories"),
         non_negative={"image_size": "", "workers": "", "max_per_class": " (0 = all examples)"},
         choices={"on_bad_image": ("stop", "skip"), "channels": (0, 1, 3)}, check=_check_data),
     "execution": Concern(

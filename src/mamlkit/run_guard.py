@@ -1,5 +1,5 @@
 """What keeps a meta-training run whole: stop signals, non-finite steps, and choosing and
-restoring the checkpoint a resumed run continues from (used by :func:`mamlkit.train.meta_train`)."""
+restoring the checkpoint a resumed run continues from (used by :func:`mamlkit.train.train_loop`)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mamlkit.checkpoint import ResumePoint, find_resume_point, set_rng_state
-from mamlkit.core.learner import MetaLearner
+from mamlkit.checkpoint import ResumePoint, find_resume_point
 from mamlkit.distributed import DistributedContext
 from mamlkit.faults import EXIT_NON_FINITE, EXIT_SIGNAL_BASE
 from mamlkit.metrics_log import read_log
 
 if TYPE_CHECKING:
-    from mamlkit.train import TaskSampler
+    from mamlkit.train import MetaStep
 
 MAX_SKIPS_IN_A_ROW = 20
 """With ``on_nonfinite='skip'``, this many non-finite meta-iterations in a row stop the run: the
@@ -34,6 +34,29 @@ class NonFiniteError(RuntimeError):
 
 class ResumeWarning(UserWarning):
     """A resumed run did not continue from ``last.pt`` (damaged), or a stage starts over."""
+
+
+@dataclass(frozen=True)
+class StopFlags:
+    """Whether a run should stop after this meta-iteration: a stop signal arrived, or the time
+    budget is spent."""
+
+    signal: bool = False
+    budget: bool = False
+
+
+@dataclass
+class Outcome:
+    """What one meta-iteration reports to the loop.
+
+    ``metrics`` holds at least ``loss``; ``finite`` says whether the loss and the update were
+    finite (a non-finite update has not been applied); ``stop`` is the stop decision all
+    processes agreed on in a distributed run (``None``: the loop decides alone).
+    """
+
+    metrics: dict[str, float]
+    finite: bool
+    stop: StopFlags | None = None
 
 
 class StopSignals:
@@ -85,11 +108,10 @@ def all_finite(loss: float, params: list[torch.nn.Parameter]) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all())
 
 
-def restore(state: dict[str, Any], path: Path, learner: MetaLearner,
-             optimizer: torch.optim.Optimizer, tasks: TaskSampler,
-             context: DistributedContext) -> None:
-    """Load a resume checkpoint into the learner, optimizer, task sampler and random state;
+def restore(point: ResumePoint, step: MetaStep, context: DistributedContext) -> None:
+    """Load a resume checkpoint into ``step`` (model, optimizer, task sampler and random states);
     ``ValueError`` naming the file when it was written by another model or process count."""
+    state, path = point.state, point.path
     saved_world = int(state.get("world_size", 1))
     if saved_world != context.world_size:
         raise ValueError(
@@ -98,18 +120,13 @@ def restore(state: dict[str, Any], path: Path, learner: MetaLearner,
             f"resume needs the same number of processes (torchrun --nproc-per-node "
             f"{saved_world} ...). Or start a new run from this checkpoint's weights.")
     try:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
+        step.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as error:
         detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         raise ValueError(
             f"{path} does not fit this model or algorithm ({type(error).__name__}: "
             f"{detail[:400]}). Resume with the configuration the run was started with, or start "
             "a new run.") from error
-    per_rank = state.get("ranks") or [{"sampler": state["sampler"], "rng": state["rng"]}]
-    mine = per_rank[context.rank]
-    tasks.load_state_dict(mine["sampler"])
-    set_rng_state(mine["rng"])
 
 
 def resume_point(run_dir: Path, checkpoint_every: int, announce: bool = True

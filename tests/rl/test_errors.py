@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mamlkit import LoopConfig
 from mamlkit.rl.advantages import compute_advantages
 from mamlkit.rl.envs.navigation import BatchedNavigation2D, Navigation2DEnv, sample_goals
 from mamlkit.rl.episodes import Episodes
@@ -16,7 +17,8 @@ from mamlkit.rl.evaluate import adaptation_returns
 from mamlkit.rl.maml_trpo import MAMLTRPO
 from mamlkit.rl.policy import GaussianMLPPolicy, expand_params, policy_params
 from mamlkit.rl.sampler import TaskSampler
-from mamlkit.rl.train import RLConfig, main
+from mamlkit.rl.step import RLStep
+from mamlkit.rl.train import RLSettings, train_rl
 from mamlkit.rl.trpo import TRPOSettings
 
 
@@ -60,11 +62,13 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
     ("eval steps", lambda: adaptation_returns(GaussianMLPPolicy(2, 2, (4, 4)), _sampler(),
                                               [{"goal": (0.1, 0.1)}], -1, 0.1, 2, 0),
      "steps must be >= 0"),
-    ("pretrain", lambda: RLConfig(pretrain_iterations=-1), "0 skips the pretrained baseline"),
-    ("inner lr", lambda: RLConfig(inner_lr=-0.1), "RLConfig.inner_lr must be > 0"),
-    ("eval steps config", lambda: RLConfig(eval_steps=-1), "RLConfig.eval_steps must be >= 0"),
-    ("cli set", lambda: main(["/tmp/unused-run", "--set", "meta_iterations"]),
-     "--set expects KEY=VALUE"),
+    ("pretrain", lambda: RLSettings(pretrain_iterations=-1), "0 skips the pretrained baseline"),
+    ("inner lr", lambda: RLSettings(inner_lr=-0.1), "RLSettings.inner_lr must be > 0"),
+    ("eval steps config", lambda: RLSettings(eval_steps=-1), "RLSettings.eval_steps must be >= 0"),
+    ("unknown setting", lambda: RLSettings.from_dict({"meta_iterations": 3}),
+     "device are LoopConfig settings"),
+    ("step meta-batch", lambda: RLStep(MAMLTRPO(GaussianMLPPolicy(2, 2, (4, 4)), _sampler()), 0),
+     "meta_batch_size must be >= 1"),
 ]
 
 
@@ -78,7 +82,7 @@ def test_bad_input_is_reported(name: str, call: Callable[[], object], message: s
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
 def test_cuda_device_without_cuda_is_reported() -> None:
     with pytest.raises(ValueError, match="CUDA is not available; use device='cpu'"):
-        RLConfig(device="cuda")
+        train_rl(RLSettings(), LoopConfig(device="cuda"), "/tmp/unused-run")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None,

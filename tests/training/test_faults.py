@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import mamlkit.train as train_module
+import mamlkit.supervised as train_module  # the supervised step checks finiteness and validates
 from mamlkit.checkpoint import load_checkpoint
 from mamlkit.config import make_config
 from mamlkit.datasets import _files

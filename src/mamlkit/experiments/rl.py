@@ -1,9 +1,10 @@
 """Meta-RL experiments (Finn et al. 2017, Section 5.3) behind ``mamlkit train NAME``.
 
-The RL domain has its own loop (:mod:`mamlkit.rl.train`: fresh trajectories at every inner step,
-a TRPO outer step); this module maps the shared configuration onto it, so 2D navigation and the
-MuJoCo locomotion families train, resume and evaluate from the same command as every other task.
-The RL run itself lives in ``RUN_DIR/rl``.
+MAML-TRPO runs on the shared training loop (:mod:`mamlkit.rl.train`, through
+:class:`mamlkit.rl.step.RLStep`: fresh trajectories at every inner step, a TRPO outer step), so
+2D navigation and the MuJoCo locomotion families train, stop (signals, time budget), checkpoint,
+resume and evaluate from the same command as every other task. The run folder holds one
+``config.json``, ``init.pt`` and the stages ``maml/`` and ``pretrained/``.
 """
 
 from __future__ import annotations
@@ -17,32 +18,47 @@ from mamlkit.experiments import Experiment
 from mamlkit.experiments.common import save_config
 from mamlkit.wording import count
 
+UNSET_SHOTS = TrainConfig.shots
+"""``shots`` as a run leaves it when not set: RL has no support set (rollouts are
+``trajectories``)."""
 
-def rl_config(config: TrainConfig) -> Any:
-    """The :class:`mamlkit.rl.train.RLConfig` equivalent of a shared configuration."""
-    from mamlkit.rl.train import RLConfig
 
+def rl_settings(config: TrainConfig) -> Any:
+    """The :class:`mamlkit.rl.train.RLSettings` of a configuration (its RL fields)."""
+    from mamlkit.rl.train import RLSettings
+
+    check(config)
+    return RLSettings(
+        env=config.task, trajectories=config.trajectories, inner_steps=config.inner_steps,
+        inner_lr=config.inner_lr, first_order=config.first_order or config.algo == "fomaml",
+        pretrain_iterations=config.baseline_iterations or None, eval_tasks=config.test_tasks,
+        eval_steps=config.eval_inner_steps)
+
+
+def check(config: TrainConfig) -> None:
+    """Refuse settings MAML-RL cannot honour, before a run folder exists."""
     if config.algo not in ("maml", "fomaml"):
         raise ValueError(f"The RL experiments run MAML-TRPO only; --algo {config.algo!r} is not "
                          "available for them (use maml, or fomaml for first order).")
-    return RLConfig(
-        env=config.task, meta_batch_size=config.meta_batch_size, trajectories=config.shots,
-        inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-        first_order=config.first_order or config.algo == "fomaml",
-        meta_iterations=config.iterations,
-        pretrain_iterations=config.baseline_iterations or None, seed=config.seed,
-        checkpoint_every=config.checkpoint_every, eval_tasks=config.test_tasks,
-        eval_steps=config.eval_inner_steps, threads=config.threads or None, device=config.device)
+    if config.shots != UNSET_SHOTS:
+        raise ValueError(f"{config.task} has no support set, so --shots {config.shots} does not "
+                         f"apply: the rollouts per task are --trajectories (now "
+                         f"{config.trajectories}). Drop --shots.")
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
-    """MAML-TRPO, then the pretrained (multi-task TRPO) baseline, into ``run_dir/rl``."""
+    """MAML-TRPO, then the pretrained (multi-task TRPO) baseline, into ``run_dir/maml`` and
+    ``run_dir/pretrained`` on the shared loop (its settings from ``config``)."""
+    from mamlkit.loop_config import loop_config
     from mamlkit.rl.train import train_rl
 
-    settings = rl_config(config)
+    settings = rl_settings(config)
     save_config(config, run_dir)
-    train_rl(settings, run_dir / "rl", resume=resume and (run_dir / "rl").is_dir())
-    return {"rl": {"iterations": config.iterations, "stopped": ""}}
+    results = train_rl(settings, loop_config(config), run_dir, resume=resume, record=config)
+    summary = {name: {"iterations": result.iteration, "train_seconds": result.elapsed_s,
+                      "stopped": result.stopped_early} for name, result in results.items()}
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -50,7 +66,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     the pretrained policy and a random initialisation (the paper's Figure 5)."""
     from mamlkit.rl.train import evaluate_rl
 
-    results = evaluate_rl(run_dir / "rl", plot=config.plots)
+    results = evaluate_rl(run_dir, rl_settings(config), config.seed, config.device,
+                          plot=config.plots)
     steps = len(next(iter(results.values())))
     lines = [f"{config.task}: average return after k adaptation steps, mean ± 95% CI over "
              f"{config.test_tasks} new tasks",
@@ -69,16 +86,17 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return {"table": table}
 
 
-_RL_DEFAULTS = {"meta_batch_size": 20, "shots": 20, "inner_steps": 1, "inner_lr": 0.1,
+_RL_DEFAULTS = {"meta_batch_size": 20, "trajectories": 20, "inner_steps": 1, "inner_lr": 0.1,
                 "iterations": 500, "eval_inner_steps": 3, "test_tasks": 40, "checkpoint_every": 10,
-                "threads": 2}
-"""The paper's settings: 20 tasks x 20 trajectories (``shots``), one policy-gradient step with
-step size 0.1, 500 TRPO meta-iterations (max KL 0.01); Figure 5 evaluates 0..3 steps."""
+                "log_every": 1, "threads": 2}
+"""The paper's settings: 20 tasks x 20 trajectories, one policy-gradient step with step size
+0.1, 500 TRPO meta-iterations (max KL 0.01); Figure 5 evaluates 0..3 steps. Every iteration
+(seconds) gets a metrics row."""
 
 
 def _experiment(name: str, summary: str, **defaults: Any) -> Experiment:
     return Experiment(name=name, summary=summary, defaults={**_RL_DEFAULTS, "task": name, **defaults},
-                      train=train, evaluate=evaluate)
+                      train=train, evaluate=evaluate, check=check)
 
 
 NAV2D = _experiment("nav2d", "2D point navigation to a goal in [-0.5,0.5]^2 (MAML-TRPO, 5.3).")
