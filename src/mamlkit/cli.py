@@ -15,18 +15,17 @@ import sys
 import textwrap
 import time
 import traceback
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mamlkit.cli_options import EVAL_OPTIONS, add_algorithm_help, add_config_options
 from mamlkit.config import (
     FIELDS,
     TrainConfig,
     check_resume_changes,
-    field_type,
     make_config,
     read_config_file,
 )
@@ -45,7 +44,9 @@ from mamlkit.experiments.common import (
     load_run_config,
     prepare_run_dir,
 )
+from mamlkit.experiments.protocol import baselines_help
 from mamlkit.faults import (
+    EXIT_BAD_INPUT,
     EXIT_BUG,
     EXIT_DONE,
     EXIT_NON_FINITE,
@@ -56,63 +57,6 @@ from mamlkit.faults import (
 from mamlkit.tracking import log_final_evaluation
 from mamlkit.train import NonFiniteError, autocast_factory, stop_code
 
-EVAL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "task": ("--task",), "data_root": ("--data-root",), "class_split": ("--class-split",),
-    "ways": ("--ways",), "shots": ("--shots",), "eval_queries": ("--queries", "--eval-queries"),
-    "test_tasks": ("--test-episodes", "--test-tasks"), "eval_inner_steps": ("--eval-inner-steps",),
-    "eval_shots": ("--eval-shots",), "baseline": ("--baseline",), "invert": ("--invert",),
-    "on_bad_image": ("--on-bad-image",), "cache_dir": ("--cache-dir",), "device": ("--device",),
-    "threads": ("--threads",), "batching": ("--batching",), "plots": ("--plots",),
-}
-"""Settings ``mamlkit eval`` takes (field -> flags); the rest were fixed by training."""
-EVAL_HELP = {
-    "task": "evaluate on another task family whose inputs fit the network (e.g. images)",
-    "data_root": "the evaluation data (with --task images: another image folder tree)",
-    "ways": "classes per episode; other than the trained number re-initialises the output "
-            "layer to zeros (noted in the output)",
-    "eval_queries": "query examples per class of the test episodes (0 = as many as shots)",
-    "test_tasks": "number of fixed meta-test episodes",
-    "baseline": "pretrained (also score the run's pretrained classifier) or none",
-}
-"""Help of the evaluation options that differ from the training meaning."""
-
-
-def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
-                        only: dict[str, tuple[str, ...]] | None = None) -> None:
-    title = ("evaluation settings (the rest are the run's)" if only
-             else "configuration (override the experiment's defaults)")
-    group = parser.add_argument_group(title)
-    docs = {**_field_docs(), **(EVAL_HELP if only else {})}
-    for name in (only or FIELDS):
-        if name in skip:
-            continue
-        flags = only[name] if only else ("--" + name.replace("_", "-"),)
-        kind = field_type(name)
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                                  "help": docs.get(name, "")}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is list:
-            kwargs.update(nargs="+", type=int, metavar="N")
-        else:
-            kwargs.update(type=kind, metavar=kind.__name__.upper())
-        group.add_argument(*flags, **kwargs)
-
-
-def _field_docs() -> dict[str, str]:
-    """Attribute docstrings of TrainConfig, for --help."""
-    import ast
-    import inspect
-
-    source = inspect.getsource(TrainConfig)
-    body = ast.parse(source).body[0].body
-    docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant):
-            docs[node.target.id] = str(following.value.value).strip()
-    return docs
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mamlkit`` command."""
@@ -122,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train on a task family, then evaluate",
-                           allow_abbrev=False,
+                           allow_abbrev=False, epilog=baselines_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Meta-train, evaluate with the paper's protocol, and save "
                                        "checkpoints, metrics and plots into the run directory.")
     train.add_argument("task", help=f"task family: {', '.join(experiment_names())}")
@@ -133,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --run-dir instead of refusing")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    _add_config_options(train, skip=("task",))
+    add_config_options(train, skip=("task",))
+    add_algorithm_help(train)
 
     evaluate = sub.add_parser(
         "eval", help="evaluate a trained run with the paper's protocol", allow_abbrev=False,
@@ -143,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--benchmark", choices=("omniglot-20runs",),
                           help="Lake et al.'s (Science 2015) 20 runs of 20-way within-alphabet "
                                "one-shot classification (all_runs.zip under --data-root/omniglot)")
-    _add_config_options(evaluate, only=EVAL_OPTIONS)
+    add_config_options(evaluate, only=EVAL_OPTIONS)
 
     sub.add_parser("list", help="list task families and algorithms", allow_abbrev=False)
     _add_export_parser(sub)
@@ -174,6 +120,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
 
 
+def _with_algorithm_options(args: argparse.Namespace, *layers: dict[str, Any]) -> TrainConfig:
+    """The config of ``layers`` with the command line's ``--algorithm.NAME VALUE`` options on top,
+    their strings read by the types of the chosen algorithm's arguments."""
+    config = make_config(*layers)
+    options = getattr(args, "algorithm_options", {})
+    if not options:
+        return config
+    from mamlkit.algorithm_config import from_text
+    from mamlkit.algorithms import ALGORITHMS
+
+    _check_algorithm(config.algo)
+    table = from_text(config.algo, ALGORITHMS[config.algo], options)
+    return make_config(*layers, {"algorithm": table})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``mamlkit train``: validate everything first, then train and evaluate.
 
@@ -192,15 +153,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = load_run_config(run_dir)
         if saved.get("task") != args.task:
             raise ValueError(f"{run_dir} holds a {saved.get('task')!r} run, not {args.task!r}.")
-        config = make_config(saved, file_values, _overrides(args))
+        config = _with_algorithm_options(args, saved, file_values, _overrides(args))
         check_resume_changes(make_config(saved), config, str(run_dir))
         checkpoint_every = make_config(saved).checkpoint_every  # how the files were written
     else:
-        config = make_config(experiment.defaults_for({**file_values, **_overrides(args)}),
-                             file_values, _overrides(args), {"task": args.task})
+        config = _with_algorithm_options(
+            args, experiment.defaults_for({**file_values, **_overrides(args)}), file_values,
+            _overrides(args), {"task": args.task})
         if run_dir is None:
             run_dir = Path("runs") / f"{args.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_algorithm(config.algo)
+    if config.algorithm and not experiment.algorithm_arguments:
+        raise ValueError(f"{args.task} builds its learner itself and takes no [algorithm] "
+                         f"arguments; drop {', '.join(sorted(config.algorithm))} (the "
+                         "--algorithm.NAME options or the config file's [algorithm] table).")
     check_device(config.device)
     if experiment.check is not None:
         experiment.check(config)  # settings and data, before a run folder exists
@@ -365,7 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     download) print one line naming the file, the problem and the fix; a traceback is printed
     only for a bug.
     """
+    from mamlkit.algorithm_config import split_options
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, algorithm_options = split_options(argv)
+    except ValueError as error:
+        print(f"mamlkit: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
+    if algorithm_options and args.command != "train":
+        print(f"mamlkit: error: --algorithm.NAME options set how `mamlkit train` builds the "
+              f"algorithm; `mamlkit {args.command}` reads them from the run. Drop "
+              + ", ".join(f"--algorithm.{k}" for k in algorithm_options) + ".", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.algorithm_options = algorithm_options
     commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "export": cmd_export}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

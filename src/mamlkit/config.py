@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mamlkit.config_groups import CONCERNS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -160,61 +162,19 @@ class TrainConfig:
     baseline: str = "pretrained"
     """Baseline trained after MAML for image tasks: pretrained (an ordinary classifier over the
     meta-training classes, fine-tuned at test time) or none."""
+    algorithm: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of the algorithm (the [algorithm] table of a config file, or
+    --algorithm.NAME VALUE), e.g. iMAML's regularization and cg_steps; checked against the
+    algorithm's signature (mamlkit.algorithm_config)."""
 
     def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the key and the fix for any impossible value."""
-        positive = ["shots", "queries", "trajectories", "meta_batch_size", "iterations", "test_tasks",
-                    "val_tasks"]
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
-        if self.ways < 2:
-            raise ValueError(f"ways must be >= 2 (a classification episode needs two classes), "
-                             f"got {self.ways}.")
+        """Raise ``ValueError`` naming the key and the fix for any impossible value (the checks of
+        every :data:`CONCERNS` group in turn)."""
         for key in (f.name for f in dataclasses.fields(self) if f.type in (float, "float")):
             if not math.isfinite(getattr(self, key)):
                 raise ValueError(f"{key} must be a finite number, got {getattr(self, key)}.")
-        for key in ("inner_lr", "meta_lr"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}.")
-        for key in ("inner_steps", "eval_inner_steps", "val_every", "chunk_size", "threads", "task_threads",
-                    "baseline_iterations", "keep_checkpoints", "eval_queries", "hidden",
-                    "image_size", "workers"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}.")
-        for key in ("checkpoint_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
-        if self.time_budget_minutes < 0:
-            raise ValueError("time_budget_minutes must be >= 0 (0 = no limit).")
-        for key in ("weight_decay", "grad_clip", "warmup_iterations", "lr_step_size"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
-        if not 0 < self.lr_gamma <= 1:
-            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
-        choices = {"optimizer": ("adam", "sgd"), "batching": ("auto", "vmap", "loop"),
-                   "lr_schedule": ("constant", "cosine", "step"), "wandb": ("off", "offline", "online"),
-                   "on_nonfinite": ("stop", "skip"), "amp": ("none", "bf16"),
-                   "on_bad_image": ("stop", "skip"), "baseline": ("pretrained", "none"),
-                   "channels": (0, 1, 3)}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
-        if self.encoder not in ("pretrained", "bag", "cnn", "last-layer", "lora"):
-            raise ValueError(f"encoder must be one of pretrained, bag, cnn, last-layer, lora, got "
-                             f"{self.encoder!r}.")
-        if self.max_tokens < 2:
-            raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}.")
-        if self.max_per_class < 0:
-            raise ValueError(f"max_per_class must be >= 0 (0 = all examples), got "
-                             f"{self.max_per_class}.")
-        if self.task_threads > 1 and not self.compile:
-            raise ValueError(f"task_threads = {self.task_threads} spreads the compiled meta-gradient "
-                             "over threads: set compile = true as well (--compile), or "
-                             "task_threads = 0.")
-        if not self.eval_shots or any(k < 1 for k in self.eval_shots):
-            raise ValueError(f"eval_shots must be a non-empty list of sizes >= 1, "
-                             f"got {self.eval_shots}.")
+        for concern in CONCERNS.values():
+            concern.check_values(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,6 +183,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CONCERN_OF = {name: concern for concern, group in CONCERNS.items() for name in group.fields}
+"""Field -> the name of its :data:`CONCERNS` group."""
 RECORD_KEYS = ("provenance",)
 """Keys of a run's config.json that record the run rather than set it (versions, commit, command
 line; :mod:`mamlkit.provenance`): skipped when a configuration is read back."""
@@ -241,6 +203,11 @@ def coerce(name: str, value: Any, source: str) -> Any:
                          f"{', '.join(sorted(FIELDS))}.")
     expected = field_type(name)
     origin = typing.get_origin(expected)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"Config key {name!r} in {source} must be a table of NAME = value "
+                             f"settings ([{name}] in TOML), got {value!r}.")
+        return dict(value)
     if origin in (list, types.GenericAlias) or expected is list:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                   for v in value):
@@ -276,7 +243,50 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"Config file {path} must hold a table of key = value settings, "
                          f"not a {type(raw).__name__}.")
-    return {k: coerce(k, v, str(path)) for k, v in raw.items() if k not in RECORD_KEYS}
+    return {k: coerce(k, v, str(path)) for k, v in flatten_tables(raw, str(path)).items()
+            if k not in RECORD_KEYS}
+
+
+TABLES = tuple(name for name in CONCERNS if name != "algorithm")
+"""Tables a config file may group settings in (``[loop]``, ...); ``[algorithm]`` holds the
+algorithm's constructor arguments (:mod:`mamlkit.algorithm_config`)."""
+
+
+def flatten_tables(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The settings of a config file with its ``[loop]``, ``[data]``, ``[execution]`` and
+    ``[evaluation]`` tables flattened; ``ValueError`` for a setting in the wrong table or set
+    twice."""
+    flat = {k: v for k, v in raw.items() if k not in TABLES}
+    tables = {table: raw[table] for table in TABLES if table in raw}
+    for table, values in tables.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{table} in {source} must be a table ([{table}] in TOML) of "
+                             f"settings, got {values!r}.")
+    grouped = by_concern(source, **tables)
+    twice = [key for key in grouped if key in flat]
+    if twice:
+        raise ValueError(f"{twice[0]} is set twice in {source} (at the top level and in "
+                         f"[{CONCERN_OF[twice[0]]}]); keep one.")
+    return {**flat, **grouped}
+
+
+def by_concern(source: str = "the defaults", **groups: dict[str, Any]) -> dict[str, Any]:
+    """Settings written per concern (``loop={...}, data={...}``, as experiments write their
+    defaults and config files their tables) as one flat dict; ``ValueError`` naming the group a
+    setting belongs in when it is in another."""
+    flat: dict[str, Any] = {}
+    for concern, values in groups.items():
+        if concern not in CONCERNS:
+            raise ValueError(f"{source}: no settings group {concern!r}; the groups are "
+                             f"{', '.join(CONCERNS)}.")
+        for key, value in values.items():
+            if key not in FIELDS:
+                coerce(key, value, source)  # names the known keys
+            if CONCERN_OF[key] != concern:
+                raise ValueError(f"{key} in {source} is in [{concern}] but belongs in "
+                                 f"[{CONCERN_OF[key]}] (or at the top level); move it.")
+            flat[key] = value
+    return flat
 
 
 def read_text_file(path: Path, what: str) -> str:
@@ -293,9 +303,16 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     for layer in layers:
         for k, v in layer.items():
-            if k not in RECORD_KEYS:
+            if k in MERGED_KEYS and k in values:  # a later table adds to (or changes) the earlier
+                values[k] = {**values[k], **coerce(k, v, "the configuration")}
+            elif k not in RECORD_KEYS:
                 values[k] = coerce(k, v, "the configuration")
     return TrainConfig(**values).validate()
+
+
+MERGED_KEYS = ("algorithm",)
+"""Table settings whose layers merge key by key (a config file's ``[algorithm]`` table and the
+command line's ``--algorithm.NAME`` options) instead of replacing each other."""
 
 
 RESUMABLE_KEYS = frozenset({

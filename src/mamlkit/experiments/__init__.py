@@ -36,6 +36,10 @@ class Experiment:
     the merged settings, see :meth:`defaults_for`."""
     load: Callable[[TrainConfig, Path], Any] | None = None
     """``load(config, run_dir)``: the run's trained learner (for :func:`mamlkit.load_run`)."""
+    algorithm_arguments: bool = False
+    """Whether the experiment builds its learner with
+    :func:`~mamlkit.experiments.common.build_learner`, which applies the ``[algorithm]`` table;
+    an experiment that does not refuses a non-empty table (it would be ignored)."""
     check: Callable[[TrainConfig], None] | None = None
     """Raises ``ValueError`` for settings this experiment cannot honour, reading and checking the
     data a run would use, before any work (so a run folder is created only for a run that can

@@ -155,15 +155,28 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
 
 def build_learner(config: TrainConfig, model: nn.Module, loss: str, **overrides: Any
                   ) -> MetaLearner:
-    """The algorithm named by ``config.algo`` around ``model``, configured from ``config``."""
+    """The algorithm named by ``config.algo`` around ``model``, configured from ``config``: its
+    top-level settings, then its ``[algorithm]`` table, then ``overrides``.
+
+    ``first_order`` is passed only when it is set, so an algorithm that is first order by
+    definition (FOMAML) keeps its own default and one that never unrolls (Reptile, iMAML) is not
+    handed the flag.
+    """
     from mamlkit.algorithms import make_algorithm
 
     kwargs: dict[str, Any] = {
-        "inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
-        "first_order": config.first_order or config.algo == "fomaml", "loss": loss,
+        "inner_lr": config.inner_lr, "inner_steps": config.inner_steps, "loss": loss,
         "batching": config.batching,
         "chunk_size": config.chunk_size or None, "eval_inner_steps": config.eval_inner_steps,
         "compile": config.compile, "task_threads": config.task_threads or None,
+        **({"first_order": True} if config.first_order else {}),
+        **config.algorithm,
     }
     kwargs.update(overrides)
     return make_algorithm(config.algo, model, **kwargs)
+
+
+def baseline_settings(config: TrainConfig, algo: str, **changes: Any) -> TrainConfig:
+    """``config`` for a baseline trained or fine-tuned as ``algo``: the ``[algorithm]`` table of
+    the run's own algorithm does not apply to it."""
+    return TrainConfig(**{**config.to_dict(), "algo": algo, "algorithm": {}, **changes})

@@ -99,6 +99,7 @@ def check(config: TrainConfig) -> None:
 
 IMAGES = Experiment(
     name="images",
+    algorithm_arguments=True,
     summary="Your own images: a folder tree DIR/<class>/<image> (--data-root DIR).",
     defaults={**_COMMON, "task": "images", "queries": 1, **OMNIGLOT_BY_WAYS[5]},
     train=train,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from mamlkit.datasets.omniglot_runs import (
     raw_pixel_hashes,
 )
 from mamlkit.evaluate import episode_scores, mean_ci
+from mamlkit.experiments.protocol import write_results
 from mamlkit.experiments.vision_data import class_split
 from mamlkit.experiments.vision_eval import load_maml, network_config, trained_config
 from mamlkit.tasks.base import TaskBatch
@@ -93,7 +93,7 @@ def check_unseen(trained: TrainConfig, all_runs: Path) -> None:
 
 def evaluate_lake_runs(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Error rate on the 20 runs, inductive and transductive; prints the table and saves
-    ``eval/omniglot-20runs.json``."""
+    ``eval/omniglot-20runs.json`` (and the table as ``eval/omniglot-20runs.txt``)."""
     trained = trained_config(run_dir)
     path = find_all_runs(config.data_root, trained.data_root)
     check_unseen(trained, path)
@@ -137,11 +137,6 @@ def evaluate_lake_runs(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
                  f"Learning {100 * BPL_ERROR:.1f})")
     if note:
         lines.append(f"note: {note}")
-    table = "\n".join(lines)
-    results["table"] = table
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
-    (out / "omniglot-20runs.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(table)
-    print(f"results: {out / 'omniglot-20runs.json'}")
+    path = write_results(run_dir, results, "\n".join(lines), "omniglot-20runs")
+    print(f"results: {path}")
     return results

@@ -17,11 +17,12 @@ import torch
 
 from mamlkit.algorithms import algorithm_label
 from mamlkit.checkpoint import load_weights
-from mamlkit.config import TrainConfig
+from mamlkit.config import TrainConfig, by_concern
 from mamlkit.core.learner import MetaLearner
-from mamlkit.evaluate import adaptation_curve, summarize_curve
-from mamlkit.experiments import Experiment
-from mamlkit.experiments.common import build_learner, save_config, setup_torch
+from mamlkit.evaluate import summarize_curve
+from mamlkit.experiments import Experiment, protocol
+from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
+from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
 from mamlkit.models import sinusoid_mlp
 from mamlkit.tasks.regression import Linear, RegressionTasks, Sinusoid
 from mamlkit.train import meta_train
@@ -29,9 +30,8 @@ from mamlkit.wording import count
 
 EVAL_QUERY_POINTS = 100
 """Query points per held-out task at evaluation (a dense estimate of the function error)."""
-FINE_TUNE_LRS = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1)
+FINE_TUNE_LRS = FINE_TUNE_RATES["regression"]
 """Step sizes tried for fine-tuning the pretrained baseline (the paper tunes it automatically)."""
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
 
 
 def _tasks(config: TrainConfig, shots: int | None = None, queries: int | None = None
@@ -43,8 +43,8 @@ def _tasks(config: TrainConfig, shots: int | None = None, queries: int | None = 
 
 def _baseline_config(config: TrainConfig) -> TrainConfig:
     iterations = config.baseline_iterations or config.iterations
-    return TrainConfig(**{**config.to_dict(), "inner_steps": 0, "algo": "maml",
-                          "iterations": iterations, "seed": config.seed + 1})
+    return baseline_settings(config, "maml", inner_steps=0, iterations=iterations,
+                             seed=config.seed + 1)
 
 
 def check(config: TrainConfig) -> None:
@@ -90,13 +90,14 @@ def _load(config: TrainConfig, run_dir: Path, name: str, inner_lr: float) -> Met
 
 
 def _tune_fine_tune_lr(config: TrainConfig, run_dir: Path) -> float:
+    """The step size with the lowest validation MSE at any step count (see :data:`BASELINES`)."""
     val = _tasks(config, queries=EVAL_QUERY_POINTS).fixed_tasks(config.val_tasks, VAL_SEED)
-    scores = {}
-    for lr in FINE_TUNE_LRS:
+
+    def mean_mse(lr: float) -> torch.Tensor:
         learner = _load(config, run_dir, "pretrained", lr)
-        curve = learner.adaptation_curve(val, config.eval_inner_steps)["query_loss"]
-        scores[lr] = float(curve.mean(dim=1).min())
-    return min(scores, key=scores.get)
+        return protocol.curves(learner, val, config.eval_inner_steps)["query_loss"].mean(dim=1)
+
+    return protocol.choose_rate(FINE_TUNE_LRS, mean_mse, maximize=False).rate
 
 
 def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -113,10 +114,10 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
              f"{count(steps, 'step'):>17}"]
     for shots in config.eval_shots:
         test = _tasks(config, shots, EVAL_QUERY_POINTS).fixed_tasks(config.test_tasks, TEST_SEED)
-        curves = {}
+        estimates = {}
         for label, learner in learners.items():
-            est = summarize_curve(adaptation_curve(learner, test, steps))["query_loss"]
-            curves[label] = est
+            est = summarize_curve(protocol.curves(learner, test, steps))["query_loss"]
+            estimates[label] = est
             results["mse"].setdefault(str(shots), {})[label] = [
                 {"mean": e.mean, "ci95": e.ci95} for e in est]
             picks = [est[0], est[min(1, steps)], est[steps]]
@@ -124,18 +125,12 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
         if config.plots:
             from mamlkit.plots import plot_adaptation_curves
 
-            plot_adaptation_curves(run_dir / "plots" / f"fig3_mse_vs_steps_k{shots}.png", curves,
+            plot_adaptation_curves(run_dir / "plots" / f"fig3_mse_vs_steps_k{shots}.png", estimates,
                                    "mean squared error", f"{config.task}: query MSE after k "
                                    f"gradient steps, K={shots}")
     if config.plots:
         _figure2(config, run_dir, learners)
-    table = "\n".join(lines)
-    results["table"] = table
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.txt").write_text(table + "\n")
-    print(table)
+    protocol.write_results(run_dir, results, "\n".join(lines))
     return results
 
 
@@ -166,12 +161,16 @@ def _figure2(config: TrainConfig, run_dir: Path, learners: dict[str, MetaLearner
 
 
 # One intra-op thread: the sinusoid MLP is tiny, and thread synchronisation costs more than it saves.
-_COMMON = {"threads": 1, "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10, "meta_batch_size": 25,
-           "meta_lr": 1e-3, "val_every": 1000, "val_tasks": 200, "checkpoint_every": 1000,
-           "test_tasks": 1000}
+_COMMON = by_concern(
+    algorithm={"inner_lr": 0.01, "inner_steps": 1},
+    loop={"meta_batch_size": 25, "meta_lr": 1e-3, "val_every": 1000, "val_tasks": 200,
+          "checkpoint_every": 1000},
+    execution={"threads": 1},
+    evaluation={"eval_inner_steps": 10, "test_tasks": 1000})
 
 SINUSOID = Experiment(
     name="sinusoid",
+    algorithm_arguments=True,
     summary="Sinusoid regression (Finn et al. 2017, 5.1): A~U[0.1,5], phase~U[0,pi], x~U[-5,5].",
     defaults={**_COMMON, "task": "sinusoid", "shots": 10, "queries": 10, "iterations": 70000,
               "eval_shots": [5, 10, 20]},
@@ -183,6 +182,7 @@ SINUSOID = Experiment(
 
 LINEAR = Experiment(
     name="linear",
+    algorithm_arguments=True,
     summary="Lines y = a x + b, a,b~U[-3,3]: fit a new line from one or two points.",
     defaults={**_COMMON, "task": "linear", "shots": 2, "queries": 10, "iterations": 5000,
               "inner_lr": 0.1, "eval_shots": [1, 2, 5], "val_every": 500},

@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from mamlkit.config import TrainConfig
+from mamlkit.config import TrainConfig, by_concern
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import Estimate, mean_ci
-from mamlkit.experiments import Experiment
-from mamlkit.experiments.common import build_learner, save_config, setup_torch
+from mamlkit.experiments import Experiment, protocol
+from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
+from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
 from mamlkit.tasks.base import TaskBatch
 from mamlkit.text.data import TextClassificationData
 from mamlkit.text.episodes import ClassGroups, split_class_groups
@@ -59,13 +60,11 @@ if TYPE_CHECKING:
 
 SPLIT_SEED = 0
 """Seed of the class split: fixed, so every run of a dataset is scored on the same classes."""
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
-"""Seeds of the fixed meta-validation and meta-test episodes."""
 HEAD_HIDDEN = 256
 """Hidden width of the MLP head on frozen sentence embeddings."""
 BAG_EMBEDDING_DIM = 64
 """Word-vector size of the bag and cnn encoders."""
-FINE_TUNE_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
+FINE_TUNE_LRS = FINE_TUNE_RATES["text"]
 """Step sizes tried for the fine-tune-from-random-init baseline (chosen on validation episodes)."""
 FINE_TUNE_STEP_FACTOR = 10
 """The fine-tune baseline may take up to this many times ``eval_inner_steps`` full-batch steps (the
@@ -321,10 +320,6 @@ def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> Met
     one task at a time (a transformer layer vmapped over a meta-batch needs gigabytes)."""
     if config.encoder in CACHED_STATE_ENCODERS and config.batching == "auto":
         overrides.setdefault("batching", "loop")
-    from mamlkit.algorithms import canonical_name
-
-    if canonical_name(config.algo) == "fomaml":
-        overrides["first_order"] = True
     return build_learner(config, model, "cross_entropy", **overrides).to(config.device)
 
 
@@ -388,9 +383,7 @@ def _episodes(task: TextTask, config: TrainConfig, split: str, count: int, seed:
 def accuracy_curves(learner: MetaLearner, episodes: Iterable[TaskBatch], steps: int,
                     device: str) -> Tensor:
     """Query accuracy after 0..``steps`` adaptation steps, ``[steps + 1, episodes]``."""
-    parts = [learner.adaptation_curve(b.to(device), steps)["query_accuracy"].cpu()
-             for b in episodes]
-    return torch.cat(parts, dim=1)
+    return protocol.curves(learner, episodes, steps, device)["query_accuracy"]
 
 
 def _frozen_feature_batch(model: nn.Module, batch: TaskBatch) -> TaskBatch:
@@ -435,14 +428,10 @@ def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: Fixe
     """
     max_steps = config.eval_inner_steps * (1 if config.encoder in CACHED_STATE_ENCODERS
                                            else FINE_TUNE_STEP_FACTOR)
-    best: tuple[float, float, int] = (-1.0, 0.0, 0)
-    for lr in FINE_TUNE_LRS:
-        learner = _random_init(config, task, lr)
-        curve = accuracy_curves(learner, val_episodes, max_steps, config.device).mean(dim=1)
-        step = int(curve.argmax())
-        if float(curve[step]) > best[0]:
-            best = (float(curve[step]), lr, step)
-    val_accuracy, lr, steps = best
+    choice = protocol.choose_rate(FINE_TUNE_LRS, lambda lr: accuracy_curves(
+        _random_init(config, task, lr), val_episodes, max_steps, config.device).mean(dim=1),
+        maximize=True)
+    lr, steps, val_accuracy = choice.rate, choice.best_step[choice.rate], choice.scores[choice.rate]
     learner = _random_init(config, task, lr)
     scores = accuracy_curves(learner, test_episodes, steps, config.device)[-1]
     return scores, {"lr": lr, "steps": steps, "val_accuracy": val_accuracy}
@@ -453,7 +442,7 @@ def _random_init(config: TrainConfig, task: TextTask, lr: float) -> MetaLearner:
     model = build_model(config, task)
     if config.encoder in CACHED_STATE_ENCODERS:
         model.head.reset_parameters()  # a random head on the pretrained layer
-    ft = TrainConfig(**{**config.to_dict(), "algo": "randominit", "inner_lr": lr})
+    ft = baseline_settings(config, "randominit", inner_lr=lr)
     return make_learner(ft, model)
 
 
@@ -493,37 +482,32 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     width = max(len(label) for label, _ in rows.values())
     lines = [title] + [f"  {label:<{width}}  {est.mean * 100:6.2f} ± {est.ci95 * 100:.2f} %"
                        for label, est in rows.values()]
-    table = "\n".join(lines)
     results = {
         "dataset": task.dataset, "ways": config.ways, "shots": config.shots,
         "queries": config.queries, "encoder": config.encoder, "algo": config.algo,
         "episodes": config.test_tasks, "eval_inner_steps": steps,
         "accuracy": {label: _estimate(e) for label, e in rows.values()},
         "methods": {key: {"label": label, **_estimate(e)} for key, (label, e) in rows.items()},
-        "fine_tune": fine_tune_info, "meta_eval_seconds": meta_s, "table": table,
+        "fine_tune": fine_tune_info, "meta_eval_seconds": meta_s, "table": "",
         "data": _describe(task, config),
     }
-    out = run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.txt").write_text(table + "\n")
-    print(table)
+    protocol.write_results(run_dir, results, "\n".join(lines))
     return results
 
 
-_COMMON: dict[str, Any] = {
-    "encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.1,
-    "inner_steps": 5, "eval_inner_steps": 10, "meta_batch_size": 16, "meta_lr": 1e-3,
-    "iterations": 500, "val_every": 50, "val_tasks": 100, "checkpoint_every": 50,
-    "test_tasks": 600, "plots": False,
-}
+_COMMON: dict[str, Any] = by_concern(
+    algorithm={"inner_lr": 0.1, "inner_steps": 5},
+    loop={"meta_batch_size": 16, "meta_lr": 1e-3, "iterations": 500, "val_every": 50,
+          "val_tasks": 100, "checkpoint_every": 50},
+    data={"encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15},
+    evaluation={"eval_inner_steps": 10, "test_tasks": 600, "plots": False})
 """Defaults of every text experiment (frozen encoder + MLP head, 5-way 1-shot, 15 queries)."""
 
-LAST_LAYER_DEFAULTS: dict[str, Any] = {
-    "first_order": True, "meta_batch_size": 4, "inner_steps": 2, "eval_inner_steps": 5,
-    "val_tasks": 20, "val_every": 25, "checkpoint_every": 25, "iterations": 200,
-    "inner_lr": 0.01, "meta_lr": 3e-5,
-}
+LAST_LAYER_DEFAULTS: dict[str, Any] = by_concern(
+    algorithm={"first_order": True, "inner_steps": 2, "inner_lr": 0.01},
+    loop={"meta_batch_size": 4, "val_tasks": 20, "val_every": 25, "checkpoint_every": 25,
+          "iterations": 200, "meta_lr": 3e-5},
+    evaluation={"eval_inner_steps": 5})
 """Defaults of ``--encoder last-layer``: first-order MAML (second order through a transformer
 layer keeps every attention map of every inner step per task), smaller meta-batches and
 validation sets so a CPU run stays within memory, and an outer step size in the range used to
@@ -551,6 +535,7 @@ def _estimate(estimate: Estimate) -> dict[str, Any]:
 
 def _experiment(name: str, summary: str) -> Experiment:
     return Experiment(name=name, summary=summary, defaults={**_COMMON, "task": name},
+                      algorithm_arguments=True,
                       train=train, evaluate=evaluate, derived_defaults=derived_defaults)
 
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mamlkit.config import TrainConfig
+from mamlkit.config import TrainConfig, by_concern
 from mamlkit.experiments import Experiment
 from mamlkit.experiments.common import build_learner, save_config, setup_torch
 from mamlkit.experiments.vision_data import (  # noqa: F401 - the public names of the experiments
@@ -66,7 +66,6 @@ from mamlkit.experiments.vision_data import (  # noqa: F401 - the public names o
 from mamlkit.experiments.vision_eval import (  # noqa: F401
     FINE_TUNE_LRS,
     _learning_curve,
-    accuracy_curve,
     choose_fine_tune_lr,
     evaluate,
     fine_tune_learner,
@@ -162,12 +161,16 @@ def miniimagenet_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
     return dict(by_key(MINIIMAGENET_BY_SHOTS, values["shots"]))
 
 
-_COMMON = {"algo": "maml", "ways": 5, "shots": 1, "eval_inner_steps": 10, "meta_lr": 1e-3,
-           "optimizer": "adam", "iterations": 60000, "val_every": 500, "val_tasks": 100,
-           "checkpoint_every": 500, "test_tasks": 600, "baseline_iterations": 0}
+_COMMON = by_concern(
+    algorithm={"algo": "maml"},
+    loop={"meta_lr": 1e-3, "optimizer": "adam", "iterations": 60000, "val_every": 500,
+          "val_tasks": 100, "checkpoint_every": 500, "baseline_iterations": 0},
+    data={"ways": 5, "shots": 1},
+    evaluation={"eval_inner_steps": 10, "test_tasks": 600})
 
 OMNIGLOT = Experiment(
     name="omniglot",
+    algorithm_arguments=True,
     summary="Omniglot N-way K-shot (Finn et al. 2017, 5.2): 1,623 characters x 4 rotations.",
     defaults={**_COMMON, "task": "omniglot", "queries": 1, **OMNIGLOT_BY_WAYS[5]},
     train=train,
@@ -181,6 +184,7 @@ _MINI = {**_COMMON, "queries": 15, "inner_lr": 0.01, "inner_steps": 5, **MINIIMA
 
 MINIIMAGENET = Experiment(
     name="miniimagenet",
+    algorithm_arguments=True,
     summary="miniImageNet N-way K-shot (Finn et al. 2017, 5.2), Ravi & Larochelle split.",
     defaults={**_MINI, "task": "miniimagenet"},
     train=train,
@@ -192,6 +196,7 @@ MINIIMAGENET = Experiment(
 
 CIFAR_FS = Experiment(
     name="cifar-fs",
+    algorithm_arguments=True,
     summary="CIFAR-FS N-way K-shot (Bertinetto et al. 2019) with MAML's miniImageNet settings.",
     defaults={**_MINI, "task": "cifar-fs"},
     train=train,

@@ -19,12 +19,12 @@ from torch import nn
 
 from mamlkit.config import TrainConfig
 from mamlkit.datasets.class_images import ClassImages
+from mamlkit.experiments.common import baseline_settings
+from mamlkit.experiments.protocol import TEST_SEED, VAL_SEED  # noqa: F401 - also named here
 from mamlkit.tasks.base import TaskBatch
 
 ROLES = ("train", "val", "test")
 """Meta-training, meta-validation and meta-test class sets."""
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
-"""Seeds of the fixed meta-validation and meta-test episodes (the same episodes every run)."""
 OFFICIAL_VAL_CHARACTERS = 100
 """Background characters held out for validation in Omniglot's official split."""
 OFFICIAL_VAL_SEED = 0
@@ -313,9 +313,8 @@ def baseline_config(config: TrainConfig) -> TrainConfig:
     """Settings of the pretrained classifier: one mini-batch per step, no inner loop, no
     validation episodes (its head has the training classes, not ``ways`` outputs)."""
     iterations = config.baseline_iterations or config.iterations
-    return TrainConfig(**{**config.to_dict(), "algo": "pretrained", "inner_steps": 0,
-                          "meta_batch_size": 1, "iterations": iterations, "val_every": 0,
-                          "seed": config.seed + 1})
+    return baseline_settings(config, "pretrained", inner_steps=0, meta_batch_size=1,
+                             iterations=iterations, val_every=0, seed=config.seed + 1)
 
 
 def classifier_batch_size(config: TrainConfig) -> int:

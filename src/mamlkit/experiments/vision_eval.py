@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ from mamlkit.config import TrainConfig, make_config
 from mamlkit.core.learner import MetaLearner
 from mamlkit.datasets.episodic import FixedEpisodes
 from mamlkit.evaluate import Estimate, evaluate_episodes, summarize_curve
+from mamlkit.experiments import protocol
 from mamlkit.experiments.common import build_learner, load_run_config, setup_torch
+from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
 from mamlkit.experiments.vision_data import (
-    TEST_SEED,
-    VAL_SEED,
     baseline_config,
     build_model,
     class_split,
@@ -33,7 +32,7 @@ from mamlkit.experiments.vision_data import (
 )
 from mamlkit.wording import count
 
-FINE_TUNE_LRS = (0.01, 0.04, 0.1, 0.4)
+FINE_TUNE_LRS = FINE_TUNE_RATES["vision"]
 """Fine-tuning step sizes tried for the baselines (chosen on meta-validation episodes)."""
 TUNE_EPISODES = 100
 """At most this many meta-validation episodes are used to choose the fine-tuning step size."""
@@ -127,24 +126,18 @@ def fine_tune_learner(config: TrainConfig, run_dir: Path | None, lr: float) -> M
                 batching=config.batching).to(config.device)
 
 
-def accuracy_curve(learner: MetaLearner, episodes: FixedEpisodes, steps: int,
-                   device: str = "cpu") -> Tensor:
-    """Query accuracy ``[steps + 1, episodes]`` after 0..``steps`` adaptation steps."""
-    parts = [learner.adaptation_curve(batch.to(device), steps)["query_accuracy"].cpu()
-             for batch in episodes]
-    return torch.cat(parts, dim=1)
-
-
 def choose_fine_tune_lr(config: TrainConfig, run_dir: Path | None, val: FixedEpisodes
                         ) -> tuple[float, dict[str, float]]:
     """The step size of :data:`FINE_TUNE_LRS` with the best validation accuracy after
     ``eval_inner_steps`` steps (only that step is scored), and every candidate's accuracy."""
-    scores = {}
-    for lr in FINE_TUNE_LRS:
+    def accuracy(lr: float) -> Tensor:
         learner = fine_tune_learner(config, run_dir, lr)
         result = evaluate_episodes(learner, val, [config.eval_inner_steps], config.device)
-        scores[lr] = result[config.eval_inner_steps]["query_accuracy"].mean
-    return max(scores, key=scores.get), {str(k): v for k, v in scores.items()}
+        return torch.tensor([result[config.eval_inner_steps]["query_accuracy"].mean],
+                            dtype=torch.float64)
+
+    choice = protocol.choose_rate(FINE_TUNE_LRS, accuracy, maximize=True)
+    return choice.rate, {str(k): v for k, v in choice.scores.items()}
 
 
 def _row(label: str, estimates: list[Estimate], picks: list[int]) -> str:
@@ -268,19 +261,20 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
         results["fine_tune_lr"][label] = lr
         results["fine_tune_val_accuracy"][label] = scores
         models[label] = fine_tune_learner(network, source, lr)
-    curves = {}
+    estimates_of = {}
     for label, learner in models.items():
-        estimates = summarize_curve({"a": accuracy_curve(learner, test, steps, config.device)})["a"]
-        curves[label] = estimates
+        accuracy = protocol.curves(learner, test, steps, config.device)["query_accuracy"]
+        estimates = summarize_curve({"a": accuracy})["a"]
+        estimates_of[label] = estimates
         results["accuracy"][label] = [{"mean": e.mean, "ci95": e.ci95} for e in estimates]
     if notes:
         results["note"] = "; ".join(notes)
-    _report(config, trained, run_dir, results, curves)
+    _report(config, trained, run_dir, results, estimates_of)
     return results
 
 
 def _report(config: TrainConfig, trained: TrainConfig, run_dir: Path, results: dict[str, Any],
-            curves: dict[str, list[Estimate]]) -> None:
+            estimates_of: dict[str, list[Estimate]]) -> None:
     steps, queries = config.eval_inner_steps, eval_queries(config)
     picks = sorted({0, min(1, steps), min(5, steps), steps})
     where = (f" of {config.data_root}" if config.task == "images" else "")
@@ -289,30 +283,23 @@ def _report(config: TrainConfig, trained: TrainConfig, run_dir: Path, results: d
              f"± 95% CI over {config.test_tasks} meta-test episodes ({count(queries, 'query')} per "
              f"class, seed {TEST_SEED})",
              f"{'model':<12} " + " ".join(f"{count(k, 'step'):>15}" for k in picks)]
-    lines += [_row(label, est, picks) for label, est in curves.items()]
+    lines += [_row(label, est, picks) for label, est in estimates_of.items()]
     tuned = any(results["fine_tune_val_accuracy"].values())
     lines.append("fine-tuning step size" + (" (chosen on the run's validation classes)" if tuned
                                             else "") + ": " + ", ".join(
         f"{k} {v}" for k, v in results["fine_tune_lr"].items()))
     if results.get("note"):
         lines.append(f"note: {results['note']}")
-    table = "\n".join(lines)
-    results["table"] = table
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
     name = _output_name(config, trained)
-    table_name = "table" if name == "results" else name
-    replaced = (out / f"{name}.json").is_file()
-    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{table_name}.txt").write_text(table + "\n")
-    print(table)
-    print(f"results: {out / f'{name}.json'}"
+    replaced = (run_dir / "eval" / f"{name}.json").is_file()
+    path = protocol.write_results(run_dir, results, "\n".join(lines), name)
+    print(f"results: {path}"
           + (" (replaces the earlier evaluation with these settings)" if replaced else ""))
     if config.plots:
         from mamlkit.plots import plot_adaptation_curves
 
         suffix = "" if name == "results" else f"_{name}"
-        plot_adaptation_curves(run_dir / "plots" / f"accuracy_vs_steps{suffix}.png", curves,
+        plot_adaptation_curves(run_dir / "plots" / f"accuracy_vs_steps{suffix}.png", estimates_of,
                                "query accuracy", f"{config.task} {config.ways}-way "
                                f"{config.shots}-shot: accuracy after k steps", percent=True)
         if (run_dir / "maml" / "metrics.csv").is_file():
