@@ -14,6 +14,7 @@ from mamlkit.algorithm_config import check_table, settable, split_options
 from mamlkit.algorithms import ALGORITHMS, MAML
 from mamlkit.cli import main
 from mamlkit.config import make_config, read_config_file
+from mamlkit.core.inner_optim import Adam
 from mamlkit.experiments.common import build_learner
 
 TINY = ["--iterations", "4", "--meta-batch-size", "2", "--val-every", "2", "--val-tasks", "3",
@@ -66,8 +67,8 @@ def test_config_file_table_and_command_line_merge_and_are_type_checked(tmp_path)
     assert config.algorithm == {"inner_data": "support", "adam_betas": (0.5, 0.9),
                                 "inner_optimizer": "adam"}
     learner = build_learner(config, nn.Linear(1, 1), "mse")
-    assert learner.inner_data == "support" and learner.adam_betas == (0.5, 0.9)
-    assert learner.inner_optimizer == "adam"
+    assert learner.inner_data == "support" and isinstance(learner.inner_optimizer, Adam)
+    assert learner.inner_optimizer.betas == (0.5, 0.9)
     with pytest.raises(ValueError, match=r"adam_betas of reptile must be tuple\[float, float\]"):
         make_config(values, {"algorithm": {"adam_betas": [0.5, 0.9, 0.1]}})
     with pytest.raises(ValueError, match="Config key 'algorithm' in .* must be a table"):

@@ -45,14 +45,18 @@ def loss_gradient(loss_fn: Callable[[Params], tuple[Tensor, Any]], params: Param
     loss depends on, such as meta-parameters outside ``params``). Under a ``torch.func``
     transform or while compiling this is ``torch.func.grad_and_value`` (which follows its
     inputs); otherwise ``torch.autograd.grad``, where parameters without a graph are
-    differentiated as fresh leaves and unused ones get zeros.
+    differentiated as fresh leaves, the others through a view of their own (partial
+    derivatives, as under the transform), and unused ones get zeros.
     """
     if not plain_autograd_available():
         grads, (loss, aux) = grad_and_value(loss_fn, has_aux=True)(params)
         return grads, loss, aux
     with torch.enable_grad():
-        inputs = {n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_()
-                  for n, p in params.items()}
+        # A differentiable input enters as a view of its own, so its gradient is the partial
+        # derivative (the other inputs held fixed) even when another input was computed from it
+        # (ProtoMAML's head from the body), as torch.func.grad_and_value gives under transforms.
+        inputs = {n: p.view_as(p) if (create_graph and p.requires_grad)
+                  else p.detach().requires_grad_() for n, p in params.items()}
         loss, aux = loss_fn(inputs)
         grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph,
                                     allow_unused=True, materialize_grads=True)
