@@ -23,7 +23,12 @@ def resolve_head(model: nn.Module, head: str | None, algorithm: str) -> str:
     ``nn.Linear``; ``ValueError`` naming the fix otherwise."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    name = last_linear_name(model) if head is None else head
+    try:
+        name = last_linear_name(model) if head is None else head
+    except ValueError:
+        raise ValueError(f"{algorithm}'s default head is the model's last nn.Linear submodule, but "
+                         "the model has none; pass head='<module name>' naming the submodule that "
+                         "maps features to outputs.") from None
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         raise ValueError(f"{algorithm}: head={name!r} is not a submodule of the model. Known "
