@@ -2,11 +2,13 @@
 
 Suites (each algorithm runs in its own subprocess, so peak memory is its own):
 
-- ``sinusoid``: Finn et al. 2017's sinusoid regression, 10-shot, the 1-40-40-1 ReLU network, a
-  fixed number of meta-iterations per algorithm; test: MSE after the test steps (1, except iMAML,
+- ``sinusoid``: Finn et al. 2017's sinusoid regression, 10-shot, the 1-40-40-1 ReLU network (CAVIA's
+  takes its 5 context inputs too), a fixed number of meta-iterations per algorithm (the
+  classifiers built on prototypes have no row); test: MSE after the test steps (1, except iMAML,
   whose adaptation is its inner solve; its 1-step MSE is reported too) on >= 1,000 fixed held-out
   tasks (mean ± 95% CI).
-- ``omniglot``: 5-way 1-shot Omniglot (MAML's split with rotations, four-block CNN), the same
+- ``omniglot``: 5-way 1-shot Omniglot (MAML's split with rotations, four-block CNN; CAVIA's scales
+  and shifts its features by FiLM from the context), the same
   training budget per algorithm (CPU time of its process: wall-clock time on an idle machine with
   ``--threads 1``, but unaffected by other programs on a shared one); test: accuracy after the
   evaluation steps on 600 fixed episodes of the test split (mean ± 95% CI).
@@ -22,6 +24,8 @@ Usage::
     python benchmarks/algorithms_compare.py --quick               # a seconds-scale smoke run
     python benchmarks/algorithms_compare.py --suites sinusoid --algorithms maml reptile \\
         --sinusoid-iterations 3000 --omniglot-minutes 5
+    python benchmarks/algorithms_compare.py --suites omniglot --algorithms boil protonets \\
+        --omniglot-minutes 5                                      # only these rows, same budget
 """
 
 from __future__ import annotations
@@ -114,6 +118,10 @@ def omniglot_learner(algorithm: str) -> MetaLearner:
         return make_algorithm(algorithm, FiLMConvNet(5, kwargs["context_dim"]), **kwargs,
                               context_forward=lambda model, x, context: model(x, context))
     return make_algorithm(algorithm, omniglot_cnn(5), **kwargs)
+
+
+CLASSIFICATION_ONLY = ("protomaml", "protonets")
+"""Algorithms built on class prototypes: no sinusoid row (they refuse regression)."""
 
 
 def learner_kwargs(table: dict[str, dict[str, Any]], algorithm: str) -> dict[str, Any]:
@@ -402,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
           f"one subprocess per row")
     if "sinusoid" in args.suites:
         rows, notes = [], []
-        for algorithm in args.algorithms:
+        for algorithm in [a for a in args.algorithms if a not in CLASSIFICATION_ONLY]:
             r = run_worker("sinusoid", algorithm, args)
             rows.append(result_row(algorithm, r, f"{r.get('mean', 0):.3f} ± {r.get('ci95', 0):.3f}"))
             rows[-1].insert(2, f"{r['mean_1']:.3f} ± {r['ci95_1']:.3f}" if "mean_1" in r else "")

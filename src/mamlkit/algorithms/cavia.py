@@ -65,7 +65,11 @@ class CAVIA(MetaLearner):
             ``adapt`` (only the context adapts).
     """
 
-    def __init__(self, model: nn.Module, *, context_dim: int = 5,
+    default_context_dim: int = 5
+    """The context size when none is given (the paper's for regression): the number of extra
+    inputs a network built for CAVIA by an experiment takes."""
+
+    def __init__(self, model: nn.Module, *, context_dim: int = default_context_dim,
                  context_forward: ContextForward | None = None, inner_lr: float = 1.0,
                  **kwargs: Any) -> None:
         if "adapt" in kwargs:
