@@ -91,3 +91,16 @@ def test_refuses_what_does_not_apply() -> None:
         ProtoNets(mlp(outputs=3), first_order=True)
     with pytest.raises(ValueError, match="embedding="):
         ProtoNets(mlp(outputs=3), embedding="logits")
+
+
+def test_the_text_experiment_runs_and_reports_it(tmp_path, data_root, capsys) -> None:
+    from mamlkit.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "banking77", "--encoder", "bag", "--algo", "protonets", "--data-root",
+                 str(data_root), "--run-dir", str(run), "--iterations", "2", "--meta-batch-size",
+                 "2", "--val-every", "2", "--val-tasks", "2", "--test-tasks", "3",
+                 "--eval-inner-steps", "1", "--queries", "2", "--max-per-class", "8",
+                 "--threads", "1", "--no-tensorboard"]) == 0
+    assert "protonets (1 step)" in capsys.readouterr().out
+    assert (run / "protonets" / "checkpoints" / "best.pt").is_file()
