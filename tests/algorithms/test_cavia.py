@@ -98,6 +98,8 @@ def test_images_get_the_context_as_constant_channels() -> None:
     joined = concat_context(x, torch.tensor([1.0, -2.0]))
     assert joined.shape == (4, 4, 5, 5)
     assert torch.equal(joined[:, :2], x) and torch.all(joined[:, 3] == -2.0)
+    with pytest.raises(ValueError, match="floating-point inputs"):
+        concat_context(torch.ones(4, 7, dtype=torch.long), torch.zeros(2))  # token ids
 
 
 def test_refuses_what_does_not_apply() -> None:

@@ -43,10 +43,11 @@ ContextForward = Callable[[nn.Module, Any, Tensor], Any]
 def concat_context(x: Tensor, context: Tensor) -> Tensor:
     """``x`` ``[examples, features, ...]`` with ``context`` appended along dimension 1 (the same
     for every example and position)."""
-    if not isinstance(x, Tensor) or x.dim() < 2:
-        raise ValueError(f"CAVIA concatenates the context to inputs [examples, features, ...], got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}; pass "
-                         "context_forward=(model, x, context) -> outputs for other inputs.")
+    if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"CAVIA concatenates the context to floating-point inputs [examples, "
+                         f"features, ...], got {got}; pass context_forward=(model, x, context) -> "
+                         "outputs for other inputs (token ids, dicts).")
     shape = (x.shape[0], context.shape[0], *x.shape[2:])
     extra = context.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2))).expand(shape)
     return torch.cat([x, extra], dim=1)
