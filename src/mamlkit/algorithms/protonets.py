@@ -65,16 +65,16 @@ class ProtoNets(MetaLearner):
         if kwargs.get("first_order"):
             raise ValueError("ProtoNets has no inner loop, so first_order does not apply; drop "
                              "it (--first-order).")
-        self_head = resolve_head(model, head, "ProtoNets") if embedding == "head_input" else None
-        if ways is None and self_head is not None:
-            ways = getattr(model.get_submodule(self_head), "out_features", None)
+        head_name = resolve_head(model, head, "ProtoNets") if embedding == "head_input" else None
+        if ways is None and head_name is not None:
+            ways = getattr(model.get_submodule(head_name), "out_features", None)
         if not isinstance(ways, int) or isinstance(ways, bool) or ways < 1:
             raise ValueError(f"ProtoNets needs the number of classes per episode; pass ways=<int> "
                              f"(got {ways!r}).")
         kwargs.setdefault("loss", "cross_entropy")
         super().__init__(model, **kwargs)
         refuse_regression(self, "ProtoNets")
-        self.embedding, self.head_name, self.ways = embedding, self_head, ways
+        self.embedding, self.head_name, self.ways = embedding, head_name, ways
 
     def embed(self, params: Params, x: Any) -> Tensor:
         """Embeddings ``[examples, features]`` of ``x`` under ``params``, with their graph."""
