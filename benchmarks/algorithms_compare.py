@@ -2,11 +2,13 @@
 
 Suites (each algorithm runs in its own subprocess, so peak memory is its own):
 
-- ``sinusoid``: Finn et al. 2017's sinusoid regression, 10-shot, the 1-40-40-1 ReLU network, a
-  fixed number of meta-iterations per algorithm; test: MSE after the test steps (1, except iMAML,
+- ``sinusoid``: Finn et al. 2017's sinusoid regression, 10-shot, the 1-40-40-1 ReLU network (CAVIA's
+  takes its 5 context inputs too), a fixed number of meta-iterations per algorithm (the
+  classifiers built on prototypes have no row); test: MSE after the test steps (1, except iMAML,
   whose adaptation is its inner solve; its 1-step MSE is reported too) on >= 1,000 fixed held-out
   tasks (mean ± 95% CI).
-- ``omniglot``: 5-way 1-shot Omniglot (MAML's split with rotations, four-block CNN), the same
+- ``omniglot``: 5-way 1-shot Omniglot (MAML's split with rotations, four-block CNN; CAVIA's scales
+  and shifts its features by FiLM from the context), the same
   training budget per algorithm (CPU time of its process: wall-clock time on an idle machine with
   ``--threads 1``, but unaffected by other programs on a shared one); test: accuracy after the
   evaluation steps on 600 fixed episodes of the test split (mean ± 95% CI).
@@ -22,6 +24,8 @@ Usage::
     python benchmarks/algorithms_compare.py --quick               # a seconds-scale smoke run
     python benchmarks/algorithms_compare.py --suites sinusoid --algorithms maml reptile \\
         --sinusoid-iterations 3000 --omniglot-minutes 5
+    python benchmarks/algorithms_compare.py --suites omniglot --algorithms boil protonets \\
+        --omniglot-minutes 5                                      # only these rows, same budget
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ SINUSOID = {
     # problem within 3,000 iterations: MSE 2.80); Adam's step does not grow with the curvature.
     "imaml": {"inner_optimizer": "adam", "inner_lr": 0.01, "inner_steps": 30, "eval_inner_steps": 30,
               "regularization": 10.0, "cg_steps": 5},
+    # Zintgraf et al.'s regression settings: 5 context inputs concatenated to x, context lr 1.0.
+    "cavia": {"inner_lr": 1.0, "context_dim": 5},
 }
 OMNIGLOT = {
     # Finn et al. 2017: inner lr 0.4, one step in training, three at test, Adam 1e-3.
@@ -72,7 +78,50 @@ OMNIGLOT = {
     # with its own inner solve.
     "imaml": {"inner_lr": 0.1, "inner_steps": 16, "eval_inner_steps": 16, "regularization": 1.0,
               "cg_steps": 5},
+    # CAVIA's image classifier: 100 context parameters with inner lr 1.0 (Zintgraf et al.), fed
+    # through FiLM (a meta-learned linear map to a scale and shift of the CNN's features).
+    "cavia": {"inner_lr": 1.0, "context_dim": 100},
 }
+
+
+class FiLMConvNet(torch.nn.Module):
+    """MAML's Omniglot CNN whose features are scaled and shifted by a linear map of CAVIA's
+    context before the classifier: ``classifier(features(x) * (1 + gamma) + beta)``."""
+
+    def __init__(self, ways: int, context_dim: int) -> None:
+        super().__init__()
+        from mamlkit.models import omniglot_cnn
+
+        self.net = omniglot_cnn(ways)
+        self.film = torch.nn.Linear(context_dim, 2 * self.net.classifier.in_features)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(context).chunk(2)
+        return self.net.classifier(self.net.features(x).flatten(1) * (1 + gamma) + beta)
+
+
+def sinusoid_learner(algorithm: str) -> MetaLearner:
+    """The algorithm around the paper's 1-40-40-1 network (CAVIA's takes its context too)."""
+    from mamlkit.models import MLP, sinusoid_mlp
+
+    kwargs = learner_kwargs(SINUSOID, algorithm)
+    model = MLP((1 + kwargs["context_dim"], 40, 40, 1)) if algorithm == "cavia" else sinusoid_mlp()
+    return make_algorithm(algorithm, model, **kwargs)
+
+
+def omniglot_learner(algorithm: str) -> MetaLearner:
+    """The algorithm around MAML's 5-way Omniglot CNN (CAVIA's with FiLM from its context)."""
+    from mamlkit.models import omniglot_cnn
+
+    kwargs = learner_kwargs(OMNIGLOT, algorithm)
+    if algorithm == "cavia":
+        return make_algorithm(algorithm, FiLMConvNet(5, kwargs["context_dim"]), **kwargs,
+                              context_forward=lambda model, x, context: model(x, context))
+    return make_algorithm(algorithm, omniglot_cnn(5), **kwargs)
+
+
+CLASSIFICATION_ONLY = ("protomaml", "protonets")
+"""Algorithms built on class prototypes: no sinusoid row (they refuse regression)."""
 
 
 def learner_kwargs(table: dict[str, dict[str, Any]], algorithm: str) -> dict[str, Any]:
@@ -178,11 +227,10 @@ def evaluate_accuracy(learner: MetaLearner, batches: Any, steps: int) -> torch.T
 # ---------------------------------------------------------------------- workers
 def sinusoid_worker(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train and test one algorithm on sinusoid regression."""
-    from mamlkit.models import sinusoid_mlp
     from mamlkit.tasks.regression import Sinusoid
 
     torch.manual_seed(args.seed)
-    learner = make_algorithm(algorithm, sinusoid_mlp(), **learner_kwargs(SINUSOID, algorithm))
+    learner = sinusoid_learner(algorithm)
     tasks = Sinusoid(shots=10, queries=10, seed=args.seed)
     test = Sinusoid(shots=10, queries=10).fixed_tasks(args.sinusoid_test_tasks, seed=args.seed + 1000)
     test_batches = [test.slice(slice(i, i + 500)) for i in range(0, test.num_tasks, 500)]
@@ -202,15 +250,13 @@ def sinusoid_worker(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
 def omniglot_worker(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one algorithm for the wall-clock budget on Omniglot 5-way 1-shot and test it."""
     from mamlkit.datasets import Omniglot
-    from mamlkit.models import omniglot_cnn
 
     root = Path(args.data) / "omniglot"
     sampler = Omniglot(root, split="train").sampler(5, 1, args.omniglot_train_queries, seed=args.seed)
     test = Omniglot(root, split="test").sampler(5, 1, 15, seed=args.seed)
     episodes = test.fixed_episodes(args.omniglot_test_episodes, seed=args.seed + 1000, meta_batch_size=50)
     torch.manual_seed(args.seed)
-    kwargs = learner_kwargs(OMNIGLOT, algorithm)
-    learner = make_algorithm(algorithm, omniglot_cnn(5), **kwargs)
+    learner = omniglot_learner(algorithm)
     reset_peak_rss()
     before = current_rss_mb()
     stats = train(learner, sampler.sample, args.omniglot_meta_batch, None, args.omniglot_minutes * 60,
@@ -364,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
           f"one subprocess per row")
     if "sinusoid" in args.suites:
         rows, notes = [], []
-        for algorithm in args.algorithms:
+        for algorithm in [a for a in args.algorithms if a not in CLASSIFICATION_ONLY]:
             r = run_worker("sinusoid", algorithm, args)
             rows.append(result_row(algorithm, r, f"{r.get('mean', 0):.3f} ± {r.get('ci95', 0):.3f}"))
             rows[-1].insert(2, f"{r['mean_1']:.3f} ± {r['ci95_1']:.3f}" if "mean_1" in r else "")

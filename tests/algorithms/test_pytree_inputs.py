@@ -31,6 +31,13 @@ class Packed(nn.Module):
         return self.pair(x[:, :2], x[:, 2:])
 
 
+def shifted(model: nn.Module, x: Tensor | dict, context: Tensor) -> Tensor:
+    """CAVIA's context fed as a shift of every input (a tensor or a dict of them)."""
+    if isinstance(x, dict):
+        return model(**{k: v + context.sum() for k, v in x.items()})
+    return model(x + context.sum())
+
+
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_dict_inputs_match_packed_inputs(name: str) -> None:
     sa, sb, qa, qb = (torch.randn(2, 4, n) for n in (2, 1, 2, 1))
@@ -38,6 +45,8 @@ def test_dict_inputs_match_packed_inputs(name: str) -> None:
     model = Pair()
     model.b.requires_grad_(False)  # frozen: never adapted, never meta-learned
     options = {"loss": "cross_entropy", "inner_steps": 2, "inner_lr": 0.3}
+    if name == "cavia":
+        options["context_forward"] = shifted
 
     def gradients(learner: nn.Module, batch: TaskBatch) -> list[Tensor]:
         model.zero_grad(set_to_none=True)

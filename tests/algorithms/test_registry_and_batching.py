@@ -19,10 +19,19 @@ from mamlkit.algorithms import (
     make_algorithm,
 )
 
+
+def shift_by_context(model: nn.Module, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """A user model receiving CAVIA's context as an extra input: a shift of its inputs."""
+    return model(x + context.sum())
+
+
 OPTIONS = {
     "imaml": {"cg_steps": 3},
     "mamlpp": {"msl_iterations": 10},
+    "cavia": {"context_dim": 2, "context_forward": shift_by_context},
 }
+CLASSIFICATION_ONLY = {"protomaml", "protonets"}
+"""Algorithms built on class prototypes (they refuse the MSE loss; tested in their own files)."""
 
 
 def _build(name: str, model: nn.Module, **kwargs) -> object:
@@ -89,7 +98,7 @@ def test_user_model_and_loss_train_and_adapt(name: str) -> None:
 
 def test_regression_works_for_every_algorithm() -> None:
     batch = regression_batch(tasks=2)
-    for name in ALGORITHMS:
+    for name in sorted(set(ALGORITHMS) - CLASSIFICATION_ONLY):
         model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1)).double()
         loss, _ = _build(name, model, inner_lr=0.05, inner_steps=2).meta_loss(batch)
         assert torch.isfinite(loss), name
@@ -97,7 +106,7 @@ def test_regression_works_for_every_algorithm() -> None:
 
 def test_registry_names_aliases_and_errors() -> None:
     assert set(ALGORITHMS) == {"maml", "fomaml", "metasgd", "anil", "reptile", "mamlpp", "imaml",
-                               "pretrained", "randominit"}
+                               "boil", "cavia", "protomaml", "protonets", "pretrained", "randominit"}
     model = nn.Linear(2, 1)
     assert isinstance(make_algorithm("MAML++", model), MAMLPlusPlus)
     assert isinstance(make_algorithm("meta-sgd", model), ALGORITHMS["metasgd"])
@@ -110,6 +119,11 @@ def test_registry_names_aliases_and_errors() -> None:
     assert set(LABELS) == set(ALGORITHMS)
     assert [algorithm_label(n) for n in ("maml", "Meta_SGD", "maml++", "imaml")] == [
         "MAML", "Meta-SGD", "MAML++", "iMAML"]
+    assert isinstance(make_algorithm("Proto-MAML", nn.Sequential(nn.Linear(2, 3))),
+                      ALGORITHMS["protomaml"])
+    with pytest.raises(ValueError, match="BOIL's default head is the model's last nn.Linear"):
+        make_algorithm("boil", nn.Conv1d(2, 2, 1))
+    assert algorithm_label("proto_nets") == "ProtoNets"
 
 
 def test_pretrained_minimises_the_joint_loss_without_adapting() -> None:
@@ -138,6 +152,6 @@ def test_random_init_reports_fine_tuned_loss_with_zero_gradient() -> None:
 def test_batches_with_one_task_and_zero_inner_steps() -> None:
     batch = TaskBatch(*[t[:1] for t in (regression_batch().support_x, regression_batch().support_y,
                                         regression_batch().query_x, regression_batch().query_y)])
-    for name in ALGORITHMS:
+    for name in sorted(set(ALGORITHMS) - CLASSIFICATION_ONLY):
         model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)).double()
         assert torch.isfinite(_build(name, model, inner_steps=0).meta_loss(batch)[0]), name

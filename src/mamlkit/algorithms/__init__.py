@@ -12,10 +12,14 @@ from torch import nn
 
 from mamlkit.algorithms.anil import ANIL
 from mamlkit.algorithms.baselines import Pretrained, RandomInitFineTune
+from mamlkit.algorithms.boil import BOIL
+from mamlkit.algorithms.cavia import CAVIA
 from mamlkit.algorithms.imaml import IMAML
 from mamlkit.algorithms.maml import FOMAML, MAML
 from mamlkit.algorithms.maml_plus_plus import MAMLPlusPlus, cosine_meta_lr, msl_weights
 from mamlkit.algorithms.meta_sgd import MetaSGD
+from mamlkit.algorithms.proto_maml import ProtoMAML
+from mamlkit.algorithms.protonets import ProtoNets
 from mamlkit.algorithms.reptile import Reptile
 from mamlkit.core.learner import MetaLearner
 
@@ -27,11 +31,16 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
     "reptile": Reptile,
     "mamlpp": MAMLPlusPlus,
     "imaml": IMAML,
+    "boil": BOIL,
+    "cavia": CAVIA,
+    "protomaml": ProtoMAML,
+    "protonets": ProtoNets,
     "pretrained": Pretrained,
     "randominit": RandomInitFineTune,
 }
 """Algorithm name -> class. :func:`make_algorithm` also accepts the spellings ``meta-sgd``,
-``meta_sgd``, ``maml++``, ``random_init``, ``random-init`` (case, ``-`` and ``_`` are ignored)."""
+``meta_sgd``, ``maml++``, ``proto-maml``, ``proto_nets``, ``random_init``, ``random-init`` (case,
+``-`` and ``_`` are ignored)."""
 
 
 def canonical_name(name: str) -> str:
@@ -41,7 +50,9 @@ def canonical_name(name: str) -> str:
 
 LABELS: dict[str, str] = {
     "maml": "MAML", "fomaml": "FOMAML", "metasgd": "Meta-SGD", "anil": "ANIL", "reptile": "Reptile",
-    "mamlpp": "MAML++", "imaml": "iMAML", "pretrained": "pretrained", "randominit": "random init",
+    "mamlpp": "MAML++", "imaml": "iMAML", "boil": "BOIL", "cavia": "CAVIA",
+    "protomaml": "ProtoMAML", "protonets": "ProtoNets", "pretrained": "pretrained",
+    "randominit": "random init",
 }
 """Algorithm name -> how evaluation tables, results files and plots name it."""
 
@@ -65,6 +76,8 @@ def make_algorithm(name: str, model: nn.Module, **kwargs: Any) -> MetaLearner:
 __all__ = [
     "ALGORITHMS",
     "ANIL",
+    "BOIL",
+    "CAVIA",
     "FOMAML",
     "LABELS",
     "IMAML",
@@ -72,6 +85,8 @@ __all__ = [
     "MAMLPlusPlus",
     "MetaSGD",
     "Pretrained",
+    "ProtoMAML",
+    "ProtoNets",
     "RandomInitFineTune",
     "Reptile",
     "algorithm_label",

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mamlkit.algorithms import algorithm_label
+from mamlkit.algorithms import ALGORITHMS, algorithm_label, canonical_name
 from mamlkit.checkpoint import load_weights
 from mamlkit.config import TrainConfig, by_concern
 from mamlkit.core.learner import MetaLearner
@@ -23,7 +23,7 @@ from mamlkit.evaluate import summarize_curve
 from mamlkit.experiments import Experiment, protocol
 from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
 from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
-from mamlkit.models import sinusoid_mlp
+from mamlkit.models import MLP, sinusoid_mlp
 from mamlkit.tasks.regression import Linear, RegressionTasks, Sinusoid
 from mamlkit.train import meta_train
 from mamlkit.wording import count
@@ -39,6 +39,13 @@ def _tasks(config: TrainConfig, shots: int | None = None, queries: int | None = 
     family = Sinusoid if config.task == "sinusoid" else Linear
     return family(shots=shots or config.shots, queries=queries or config.queries,
                   seed=config.seed, device=config.device)
+
+
+def _network(config: TrainConfig) -> MLP:
+    """The paper's 1-40-40-1 MLP, with the extra inputs the algorithm declares (CAVIA's context)."""
+    algorithm = ALGORITHMS.get(canonical_name(config.algo))
+    extra = config.algorithm.get("context_dim", getattr(algorithm, "default_context_dim", 0))
+    return MLP((1 + extra, 40, 40, 1)) if extra else sinusoid_mlp()
 
 
 def _baseline_config(config: TrainConfig) -> TrainConfig:
@@ -64,7 +71,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     for name, cfg in runs:
         sub = run_dir / name
         setup_torch(cfg)
-        learner = build_learner(cfg, sinusoid_mlp(), "mse").to(cfg.device)
+        learner = build_learner(cfg, _network(cfg), "mse").to(cfg.device)
         val = _tasks(cfg).fixed_tasks(cfg.val_tasks, VAL_SEED)
         start = time.perf_counter()
         title = f"meta-train {cfg.task}" if name == "maml" else f"pretrained baseline {cfg.task}"
@@ -83,7 +90,7 @@ def _load(config: TrainConfig, run_dir: Path, name: str, inner_lr: float) -> Met
     if name == "pretrained":
         config = _baseline_config(config)
     setup_torch(config)
-    learner = build_learner(config, sinusoid_mlp(), "mse", inner_lr=inner_lr,
+    learner = build_learner(config, _network(config), "mse", inner_lr=inner_lr,
                             inner_steps=config.eval_inner_steps).to(config.device)
     load_weights(learner, run_dir / name / "checkpoints" / "best.pt", config.device)
     return learner
