@@ -52,26 +52,28 @@ function of the step index (such as a learner's ``inner_lrs``)."""
 class _Segment:
     """What a checkpointed segment needs besides its tensors (not differentiated)."""
 
-    loss_fn: Callable[[Params], Tensor]
+    loss_fn: Callable[..., Tensor]
     fast_names: tuple[str, ...]
     frozen_names: tuple[str, ...]
+    num_data: int
     lr_slots: tuple[tuple[Any, ...], ...]  # per step, per fast name: ("t", index) or ("f", value)
     rng_state: tuple[Tensor, ...] = ()  # CPU generator, then the CUDA devices' (rng_devices)
 
-    def split(self, tensors: Sequence[Tensor]) -> tuple[Params, Params, list[Tensor]]:
-        """``tensors`` (fast, frozen, learning-rate tensors) back into their three groups."""
+    def split(self, tensors: Sequence[Tensor]) -> tuple[Params, Params, list[Tensor], list[Tensor]]:
+        """``tensors`` (fast, frozen, data, learning-rate tensors) back into their four groups."""
         n_fast, n_frozen = len(self.fast_names), len(self.frozen_names)
+        n_known = n_fast + n_frozen + self.num_data
         fast = dict(zip(self.fast_names, tensors[:n_fast]))
         frozen = dict(zip(self.frozen_names, tensors[n_fast:n_fast + n_frozen]))
-        return fast, frozen, list(tensors[n_fast + n_frozen:])
+        return fast, frozen, list(tensors[n_fast + n_frozen:n_known]), list(tensors[n_known:])
 
     def run(self, tensors: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor]:
         """The segment's steps on ``tensors``: the adapted parameters after it, and the support
         losses before each step, stacked (differentiable wherever the inputs are)."""
-        fast, frozen, lr_tensors = self.split(tensors)
+        fast, frozen, data, lr_tensors = self.split(tensors)
         losses = []
         for slots in self.lr_slots:
-            grads, loss = grad_and_value(lambda f: self.loss_fn({**frozen, **f}))(fast)
+            grads, loss = grad_and_value(lambda f: self.loss_fn({**frozen, **f}, *data))(fast)
             fast = {name: value - _lr(slot, lr_tensors) * grads[name]
                     for (name, value), slot in zip(fast.items(), slots)}
             losses.append(loss)
@@ -95,7 +97,7 @@ class _CheckpointedSegment(torch.autograd.Function):
     @staticmethod
     def forward(segment: _Segment, *tensors: Tensor) -> tuple[Tensor, ...]:
         """The segment's adapted parameters and support losses, without keeping a graph."""
-        fast, losses = segment.run([t.detach() for t in tensors])
+        fast, losses = segment.run(tensors)
         return (*(f.detach() for f in fast), losses.detach())
 
     @staticmethod
@@ -162,12 +164,13 @@ def _step_lrs(lrs: LearningRates, step: int, steps: int) -> LearningRate:
 
 
 def checkpointed_inner_loop(
-    loss_fn: Callable[[Params], Tensor],
+    loss_fn: Callable[..., Tensor],
     fast: Mapping[str, Tensor],
     frozen: Mapping[str, Tensor],
     lrs: LearningRates,
     steps: int,
     *,
+    data: Sequence[Tensor] = (),
     every: int = 1,
     preserve_rng_state: bool = False,
 ) -> tuple[Params, list[Tensor]]:
@@ -175,9 +178,9 @@ def checkpointed_inner_loop(
     exact second-order graph to ``fast``, ``frozen`` and tensor ``lrs``, checkpointed (module doc).
 
     Args:
-        loss_fn: the support loss of one task, ``loss_fn({**frozen, **fast}) -> scalar``; called
-            twice per step (forward and recomputation), so it must be a pure function of its
-            parameters (see ``preserve_rng_state`` for random draws).
+        loss_fn: the support loss of one task, ``loss_fn({**frozen, **fast}, *data) -> scalar``;
+            called twice per step (forward and recomputation), so it must be a pure function of
+            its arguments (see ``preserve_rng_state`` for random draws).
         fast: the adapted parameters before the first step (``θ_0``, in the meta-graph).
         frozen: the parameters the support loss uses that do not adapt (shared, ANIL's body...);
             they get gradients through every step.
@@ -186,6 +189,11 @@ def checkpointed_inner_loop(
             get their meta-gradient), a sequence with one of those per step, or a function of
             the step index returning one.
         steps: number of inner steps (0 returns ``fast`` unchanged).
+        data: tensors the loss reads besides the parameters (the support set), passed to
+            ``loss_fn`` after the parameters. Under ``torch.func.grad`` of a ``vmap`` over tasks
+            the tensors of a task must come in here, not captured by ``loss_fn`` (functorch
+            cannot lift a closure's batched tensors into a custom autograd function); in the
+            per-task loop and under ``vmap`` with an outer ``backward`` either way works.
         every: steps per checkpointed segment: the parameters are kept every ``every`` steps and
             a segment's graph is rebuilt as a whole in the backward pass (1: the least memory).
         preserve_rng_state: save the random number generators' state before each segment and
@@ -218,8 +226,8 @@ def checkpointed_inner_loop(
         if preserve_rng_state:
             devices = _rng_devices([*fast_values, *frozen_values])
             rng_state = (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices))
-        segment = _Segment(loss_fn, fast_names, frozen_names, tuple(lr_slots), rng_state)
-        out = _CheckpointedSegment.apply(segment, *fast_values, *frozen_values, *lr_tensors)
+        segment = _Segment(loss_fn, fast_names, frozen_names, len(data), tuple(lr_slots), rng_state)
+        out = _CheckpointedSegment.apply(segment, *fast_values, *frozen_values, *data, *lr_tensors)
         fast_values = list(out[:len(fast_names)])
         losses.extend(out[len(fast_names)].unbind(0))
     return dict(zip(fast_names, fast_values)), losses
