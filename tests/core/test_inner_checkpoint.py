@@ -109,20 +109,34 @@ def test_learned_per_parameter_and_per_step_learning_rates():
         assert all(float(g.abs().sum()) > 0 for g in grads[len(names):])
 
 
-def test_vmap_over_tasks_matches_the_plain_loop():
+@pytest.mark.parametrize("outer", ["backward", "func_grad"])
+def test_vmap_over_tasks_matches_the_plain_loop(outer):
+    """Under ``vmap`` with an outer ``backward`` (support set captured by the loss) and under
+    ``torch.func.grad`` of the vmapped meta-loss (support set passed as ``data``)."""
     model = cnn()
     tasks = [classification_task(model) for _ in range(3)]
     names = {n for n, _ in model.named_parameters()}
     reference = meta_gradient(plain_inner_loop, model, names, 0.3, 2, tasks)
-    params = dict(model.named_parameters())
+
+    def support_loss(params, x, y):
+        return nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
 
     def task_loss(params, sx, sy, qx, qy):
-        fast, _ = checkpointed_inner_loop(loss_of(model, sx, sy), params, {}, 0.3, 2)
+        if outer == "backward":
+            fast, _ = checkpointed_inner_loop(loss_of(model, sx, sy), params, {}, 0.3, 2)
+        else:
+            fast, _ = checkpointed_inner_loop(support_loss, params, {}, 0.3, 2, data=(sx, sy))
         return loss_of(model, qx, qy)(fast)
 
+    def meta_loss(params):
+        return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, *stacked).mean()
+
     stacked = [torch.stack(column) for column in zip(*tasks)]
-    losses = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, *stacked)
-    grads = torch.autograd.grad(losses.mean(), list(params.values()))
+    params = dict(model.named_parameters())
+    if outer == "backward":
+        grads = torch.autograd.grad(meta_loss(params), list(params.values()))
+    else:
+        grads = list(torch.func.grad(meta_loss)({n: p.detach() for n, p in params.items()}).values())
     assert_same(grads, reference)
 
 

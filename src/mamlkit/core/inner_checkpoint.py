@@ -31,7 +31,8 @@ BatchNorm, are fine) and no fresh random draws unless ``preserve_rng_state`` res
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,25 +132,19 @@ class _CheckpointedSegment(torch.autograd.Function):
         return (None, *out)
 
 
-class _restored_rng:
-    """Context manager: run with the RNG states saved by the forward, then restore the current."""
-
-    def __init__(self, states: tuple[Tensor, ...], tensors: Sequence[Tensor]) -> None:
-        self.states, self.devices = states, _rng_devices(tensors)
-        self.fork: Any = None
-
-    def __enter__(self) -> None:
-        if not self.states:
-            return
-        self.fork = torch.random.fork_rng(devices=self.devices)
-        self.fork.__enter__()
-        torch.set_rng_state(self.states[0])
-        for device, state in zip(self.devices, self.states[1:]):
+@contextmanager
+def _restored_rng(states: tuple[Tensor, ...], tensors: Sequence[Tensor]) -> Iterator[None]:
+    """Run the body with the generators as the forward found them (``states``; nothing to do if
+    empty), and put the current states back afterwards."""
+    if not states:
+        yield
+        return
+    devices = _rng_devices(tensors)
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(states[0])
+        for device, state in zip(devices, states[1:]):
             torch.cuda.set_rng_state(state, device)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fork is not None:
-            self.fork.__exit__(*exc)
+        yield
 
 
 def _step_lrs(lrs: LearningRates, step: int, steps: int) -> LearningRate:
