@@ -2,7 +2,7 @@
 
     python benchmarks/inner_memory.py                          # 1 5 20 50 100 steps, 32 tasks
     python benchmarks/inner_memory.py --tasks 4 --iters 3      # shorter: fewer tasks per batch
-    python benchmarks/inner_memory.py --steps 5 50 --methods second-order checkpointed
+    python benchmarks/inner_memory.py --steps 5 50 --methods second-order checkpointed --every 5
 
 The workload: MAML's Omniglot CNN (``mamlkit.models.omniglot_cnn``), 5-way 1-shot, one query
 image per class, random pixels of the right shape (which time like real images), inner learning
@@ -15,7 +15,8 @@ Methods, each meta-iteration being zero_grad, meta-gradient, Adam step, tasks on
   at every inner step, the query loss backpropagated through all of them.
 - ``checkpointed``: the same loop with ``mamlkit.core.inner_checkpoint.checkpointed_inner_loop``:
   the exact second-order meta-gradient, keeping one parameter set per inner step and
-  recomputing each step's graph in the backward pass.
+  recomputing each step's graph in the backward pass (``--every N``: one parameter set per N
+  steps, N steps' graph rebuilt at once).
 - ``first-order``: ``mamlkit.MAML(first_order=True)`` (FOMAML).
 - ``imaml``: ``IMAML`` (implicit gradients, 5 conjugate-gradient steps, lambda 1).
 
@@ -77,7 +78,7 @@ def batch(tasks: int, query_per_class: int, seed: int) -> tuple[Tensor, Tensor, 
             torch.arange(WAYS).repeat_interleave(query_per_class).expand(tasks, q))
 
 
-def meta_gradient_fn(method: str, model: nn.Module, steps: int, inner_lr: float):
+def meta_gradient_fn(method: str, model: nn.Module, steps: int, inner_lr: float, every: int = 1):
     """``fn(batch)`` accumulating the mean meta-gradient into ``model``'s ``.grad``."""
     if method in ("first-order", "imaml"):
         import mamlkit
@@ -106,7 +107,7 @@ def meta_gradient_fn(method: str, model: nn.Module, steps: int, inner_lr: float)
             params = dict(model.named_parameters())
             if method == "checkpointed":
                 fast, _ = checkpointed_inner_loop(support_loss, params, {}, inner_lr, steps,
-                                                  data=(support_x[t], support_y[t]))
+                                                  data=(support_x[t], support_y[t]), every=every)
             else:
                 fast = plain_inner_loop(params, support_x[t], support_y[t])
             (support_loss(fast, query_x[t], query_y[t]) / tasks).backward()
@@ -121,7 +122,7 @@ def worker(conn: Connection, method: str, steps: int, args: dict) -> None:
         torch.set_num_threads(args["threads"])
         model = build(args["seed"])
         data = batch(args["tasks"], args["query_per_class"], args["seed"] + 1)
-        step = meta_gradient_fn(method, model, steps, args["inner_lr"])
+        step = meta_gradient_fn(method, model, steps, args["inner_lr"], args["every"])
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         conn.send(("ready",))
     except Exception as error:  # noqa: BLE001 - reported in the table
@@ -244,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per method")
     parser.add_argument("--warmup", type=int, default=1, help="untimed meta-iterations first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--every", type=int, default=1,
+                        help="checkpointed: inner steps per checkpointed segment (parameters kept "
+                             "every N steps, N steps' graph rebuilt at once in the backward)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if min(args.steps) < 1 or args.tasks < 1 or args.iters < 1 or args.warmup < 1:
-        parser.error("--steps, --tasks, --iters and --warmup must be >= 1 (the warm-up sets the "
-                     "memory baseline)")
+    if min(args.steps) < 1 or min(args.tasks, args.iters, args.warmup, args.every) < 1:
+        parser.error("--steps, --tasks, --iters, --warmup and --every must be >= 1 (the warm-up "
+                     "sets the memory baseline)")
     print(f"torch {torch.__version__}, {args.threads} thread(s) per process, {args.tasks} tasks, "
-          f"5-way 1-shot, {WAYS * args.query_per_class} query images per task", flush=True)
+          f"5-way 1-shot, {WAYS * args.query_per_class} query images per task, checkpointed "
+          f"segments of {args.every} step(s)", flush=True)
     all_results = {}
     for steps in args.steps:
         all_results[steps] = run_steps(steps, args.methods, args)
