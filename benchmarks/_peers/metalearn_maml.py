@@ -112,20 +112,25 @@ def _translated(layers: list[nn.Module], norm: str) -> list[nn.Module]:
     return out
 
 
-class _MSE(nn.Module):
-    """Mean squared error as its ``BaseLoss`` contract asks: ``(loss, metric)`` from ``out_dict``."""
+def _mse_loss() -> nn.Module:
+    """Mean squared error as its ``BaseLoss`` contract asks: ``(loss, metric)`` from ``out_dict``
+    (it ships classification losses only; its README says to subclass ``BaseLoss``)."""
+    from metalearn.loss import BaseLoss
 
-    def forward(self, out_dict: dict, targets: Tensor, model_states: dict | None = None,
-                **kwargs) -> tuple[Tensor, Tensor]:
-        loss = nn.functional.mse_loss(out_dict["logits"], targets)
-        return loss, loss.detach()
+    class MSELoss(BaseLoss):
+        def forward(self, out_dict: dict, targets: Tensor, model_states: dict | None = None,
+                    **kwargs) -> tuple[Tensor, Tensor]:
+            loss = nn.functional.mse_loss(out_dict["logits"], targets)
+            return loss, loss.detach()
+
+    return MSELoss()
 
 
 def prepare(model: nn.Module, workload: Workload, variant: str = "vmap") -> Callable[[Batch], None]:
     """Its ``MAML`` on the workload's network (see the module docstring for the variants)."""
     from metalearn.algorithms import MAML
     from metalearn.inner_optimizers import InnerSGD
-    from metalearn.loss import BaseLoss, CategoricalAccuracy, CrossEntropy
+    from metalearn.loss import CategoricalAccuracy, CrossEntropy
     from metalearn.model_wrappers import MAML_Model
 
     if variant not in VARIANTS:
@@ -133,11 +138,8 @@ def prepare(model: nn.Module, workload: Workload, variant: str = "vmap") -> Call
     backend, _, norm = variant.partition("+")
     layers = _flat_layers(model)
     wrapped = MAML_Model(backbone=_Chain(_translated(layers[:-1], norm)), head=_Chain(layers[-1:]))
-    if workload.loss == "mse":
-        loss_fn: nn.Module = type("MSELoss", (_MSE, BaseLoss), {})()
-        label = False
-    else:
-        loss_fn, label = CrossEntropy(metric_fn=CategoricalAccuracy()), True
+    label = workload.loss != "mse"  # its CrossEntropy reads targets["labels"]
+    loss_fn = CrossEntropy(metric_fn=CategoricalAccuracy()) if label else _mse_loss()
     first = next(model.parameters())
     inner = InnerSGD(initial_fast_weights=wrapped.get_fast_weights(), inner_lr=workload.inner_lr,
                      first_order=workload.first_order, learn_lr=False,
