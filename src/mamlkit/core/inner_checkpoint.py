@@ -21,8 +21,11 @@ backward is one parameter set per segment, and the outer backward holds one segm
 a time.
 
 Forward and backward are written with ``torch.func`` (``grad``, ``vjp``) and the function declares
-``generate_vmap_rule``, so the same code serves the per-task loop (plain autograd), ``vmap`` over
-tasks and ``torch.func.grad`` of the meta-loss.
+``generate_vmap_rule``, so the same code gives the exact meta-gradient in the per-task loop (plain
+autograd), under ``vmap`` over tasks and under ``torch.func.grad`` of the meta-loss (also inside
+``torch.compile``). The memory saving was measured for an outer autograd backward
+(``benchmarks/inner_memory.py``); under ``torch.func.grad`` of the meta-loss it does not appear
+(``benchmarks/inner_checkpoint_transforms.py``: as much memory as the plain nested ``grad``).
 
 The support loss is evaluated twice per step (forward and recomputation), so it must be a pure
 function of the parameters: no running-statistics updates (batch statistics, as transductive
