@@ -23,9 +23,10 @@ a time.
 Forward and backward are written with ``torch.func`` (``grad``, ``vjp``) and the function declares
 ``generate_vmap_rule``, so the same code gives the exact meta-gradient in the per-task loop (plain
 autograd), under ``vmap`` over tasks and under ``torch.func.grad`` of the meta-loss (also inside
-``torch.compile``). The memory saving was measured for an outer autograd backward
-(``benchmarks/inner_memory.py``); under ``torch.func.grad`` of the meta-loss it does not appear
-(``benchmarks/inner_checkpoint_transforms.py``: as much memory as the plain nested ``grad``).
+``torch.compile``). The memory saving holds in both forms: an outer autograd backward
+(``benchmarks/inner_memory.py``) and ``torch.func.grad`` of the meta-loss
+(``benchmarks/inner_checkpoint_transforms.py``). The backward pass is not itself differentiable
+(the meta-gradient is; a derivative of the meta-gradient is not supported).
 
 The support loss is evaluated twice per step (forward and recomputation), so it must be a pure
 function of the parameters: no running-statistics updates (batch statistics, as transductive
@@ -126,7 +127,10 @@ class _CheckpointedSegment(torch.autograd.Function):
                 full[i] = t
             return segment.run(full)[0]
 
-        with _restored_rng(segment.rng_state, tensors):
+        # no_grad: the recomputation is not recorded for a higher derivative. The autograd
+        # engine runs backward without a graph anyway; torch.func.grad differentiates with a
+        # graph, which would keep every step's recomputed graph alive until the end.
+        with _restored_rng(segment.rng_state, tensors), torch.no_grad():
             _, vjp_fn = vjp(step, *(tensors[i] for i in wanted))
             grads = vjp_fn(cotangents)
         out: list[Tensor | None] = [None] * len(tensors)
