@@ -7,13 +7,19 @@
     python benchmarks/peers.py --device cuda           # on a GPU (peak memory from the allocator)
 
 Implementations: mamlkit (``MAML.meta_backward``), learn2learn (``MAML.clone()/adapt()``), higher
-(``innerloop_ctx``), TorchOpt (``MetaSGD``) when installed (``pip install -e .[bench]``), and a
+(``innerloop_ctx``), TorchOpt (``MetaSGD``), parallel-metalearn (``MAML.step`` with its ``vmap``
+and ``sequential`` backends, ``--metalearn``) when installed (``pip install -e .[bench]``), and a
 plain per-task loop with ``torch.autograd.grad`` that needs nothing. All get the same model,
-initialisation, data, thread count and Adam meta-optimiser.
+initialisation, data, thread count and Adam meta-optimiser. parallel-metalearn runs with its own
+``BatchNorm`` layer; its ``+bn2d`` variants keep PyTorch's ``nn.BatchNorm2d`` (``+bn2d-stats``
+with running statistics tracked) on the CNN workloads, to show how a stock module fares under
+its backends.
 
 For each workload every implementation first computes the meta-gradient at the same initial
 parameters; they must agree with the plain loop to ``--tolerance`` (relative, in norm) or the
-row is flagged and the exit status is 1. Then the implementations run ``--warmup`` untimed and
+row is flagged and the exit status is 1 (the ``+bn2d`` variants of parallel-metalearn are
+expected to differ and only flagged); a flagged peer does not count as the fastest peer. Then
+the implementations run ``--warmup`` untimed and
 at least ``--iters`` timed meta-iterations (zero_grad, meta-gradient, Adam step) in turns of at
 least ``--turn-ms`` of back-to-back iterations (at least one), each in its own process, until
 every implementation has its ``--iters``; the table gives the median (min-max)
@@ -46,12 +52,15 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks._peers`` imp
 
 import torch
 
+from benchmarks._peers.metalearn_maml import VARIANTS as METALEARN_VARIANTS
 from benchmarks._peers.runner import MODULES, check_worker, worker, workload_fields
 from benchmarks._peers.workloads import SCALING, WORKLOADS, Workload
 
-PEERS = ("learn2learn", "higher", "torchopt", "plain")
+PEERS = ("learn2learn", "higher", "torchopt", "metalearn", "plain")
 LABELS = {"learn2learn": "learn2learn", "higher": "higher", "torchopt": "TorchOpt",
-          "plain": "plain loop"}
+          "plain": "plain loop", "metalearn": "parallel-metalearn"}
+METALEARN_DEFAULT = ["vmap", "sequential", "vmap+bn2d", "vmap+bn2d-stats"]
+NORM_LABELS = {"bn2d": "nn.BatchNorm2d", "bn2d-stats": "nn.BatchNorm2d, running stats"}
 
 
 @dataclass
@@ -72,12 +81,20 @@ class Result:
     def label(self) -> str:
         """Display name: ``mamlkit (auto)`` or the peer's name."""
         name, _, mode = self.impl.partition(":")
+        if name == "metalearn":
+            backend, _, norm = mode.partition("+")
+            return f"parallel-metalearn ({', '.join([backend] + ([NORM_LABELS[norm]] if norm else []))})"
         return f"mamlkit ({mode})" if name == "mamlkit" else LABELS.get(name, name)
 
     @property
     def is_peer(self) -> bool:
         """Whether this is one of the other implementations (the plain loop counts)."""
         return not self.impl.startswith("mamlkit")
+
+    @property
+    def expected_mismatch(self) -> bool:
+        """A variant shown for its known difference (parallel-metalearn on ``nn.BatchNorm2d``)."""
+        return "+bn2d" in self.impl
 
     @property
     def median(self) -> float:
@@ -177,7 +194,7 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
 def format_table(workload: Workload, results: list[Result], tolerance: float) -> str:
     """Markdown table of one workload's results."""
     timed = [r for r in results if r.times_ms]
-    peers = [r for r in timed if r.is_peer]
+    peers = [r for r in timed if r.is_peer and r.grad_error is not None and r.grad_error <= tolerance]
     fastest = min(peers, key=lambda r: r.median) if peers else None
     fastest_cpu = min(peers, key=lambda r: statistics.median(r.cpu_ms)) if peers else None
     lines = [f"### {workload.name}: {workload.description}", "",
@@ -196,6 +213,7 @@ def format_table(workload: Workload, results: list[Result], tolerance: float) ->
         mem = (f"{peak / max(fastest.peak_bytes / 2 ** 20, 1e-9):.2f}x" if fastest and fastest.peak_bytes
                else "n/a")
         flag = "" if r.grad_error is not None and r.grad_error <= tolerance else " MISMATCH"
+        flag += " (expected)" if flag and r.expected_mismatch else ""
         lines.append(f"| {r.label} | {r.median:.1f} ({min(r.times_ms):.1f}-{max(r.times_ms):.1f}) "
                      f"| {speed} | {cpu:.1f} | {cpu_speed} | {peak:.1f} | {mem} | {r.grad_error:.1e}{flag} |")
     if fastest:
@@ -222,6 +240,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "iteration pays a core's wake-up, see above)")
     parser.add_argument("--impls", nargs="+", default=["mamlkit", *PEERS],
                         help="implementations: mamlkit and peers " + str(PEERS))
+    parser.add_argument("--metalearn", nargs="+", default=METALEARN_DEFAULT,
+                        metavar="VARIANT",
+                        help="parallel-metalearn variants to run, from " + str(METALEARN_VARIANTS)
+                             + " (the +bn2d ones on CNN workloads only)")
     parser.add_argument("--mamlkit", nargs="+", default=["auto"], metavar="MODE",
                         help="mamlkit batching modes to time: auto, loop, vmap; MODE/N sets "
                              "chunk_size=N (e.g. vmap/8); a +compile suffix turns on "
@@ -251,6 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad_modes:
         parser.error(f"unknown --mamlkit modes {bad_modes}; use auto, loop or vmap, optionally "
                      "with /N (chunk size) and +compile, e.g. vmap/8+compile")
+    bad_variants = [v for v in args.metalearn if v not in METALEARN_VARIANTS]
+    if bad_variants:
+        parser.error(f"unknown --metalearn variants {bad_variants}; choose from {list(METALEARN_VARIANTS)}")
     if args.iters < 1 or args.warmup < 0 or args.turn_ms < 0:
         parser.error("--iters must be >= 1, --warmup and --turn-ms >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -263,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected workloads and print one table per workload; 1 if a gradient mismatched."""
     args = parse_args(argv)
     impls = [f"mamlkit:{m}" for m in args.mamlkit] if "mamlkit" in args.impls else []
-    impls += [i for i in args.impls if i != "mamlkit"]
+    for name in args.impls:
+        if name == "metalearn":
+            impls += [f"metalearn:{v}" for v in args.metalearn]
+        elif name != "mamlkit":
+            impls.append(name)
     workloads = [WORKLOADS[w] for w in args.workloads]
     if args.scaling:
         workloads += [WORKLOADS[w].with_tasks(n) for w, sizes in SCALING.items() for n in sizes
@@ -275,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     present: dict[str, str] = {}
     for workload in workloads:
-        results = run_workload(workload, impls, args)
+        selected = [i for i in impls if workload.model == "cnn" or "+bn2d" not in i]
+        results = run_workload(workload, selected, args)
         for r in results:
             present[r.label] = f"{r.version} ({r.note})" if r.version else f"absent ({r.error})"
-            if r.grad_error is not None and r.grad_error > args.tolerance:
+            if r.grad_error is not None and r.grad_error > args.tolerance and not r.expected_mismatch:
                 mismatch = True
         table = format_table(workload, results, args.tolerance)
         tables.append(table)

@@ -28,9 +28,11 @@ MODULES = {
     "learn2learn": "benchmarks._peers.learn2learn_maml",
     "higher": "benchmarks._peers.higher_loop",
     "torchopt": "benchmarks._peers.torchopt_loop",
+    "metalearn": "benchmarks._peers.metalearn_maml",
     "plain": "benchmarks._peers.plain_loop",
 }
-"""Implementation name -> module; ``mamlkit:MODE`` selects a batching mode of mamlkit."""
+"""Implementation name -> module; ``mamlkit:MODE`` selects a batching mode of mamlkit,
+``metalearn:VARIANT`` a backend (and batch norm) of parallel-metalearn."""
 
 
 def resident_bytes() -> int:
@@ -86,6 +88,8 @@ def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any
         step = module.prepare(model, workload, batching=batching,
                               chunk_size=int(chunk) if chunk else None, compile=bool(plus))
         return step, version, note
+    if name == "metalearn":
+        return module.prepare(model, workload, variant=mode or "vmap"), version, f"{note}, {mode}"
     return module.prepare(model, workload), version, note
 
 
