@@ -47,6 +47,8 @@ class ANIL(MetaLearner):
             ``adapt``, which is the head's parameters by definition.
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     task_threads_safe = False  # features are captured by a hook on the shared head module
     custom_support_loss = False  # the inner loop runs on the head's features
 

@@ -67,6 +67,8 @@ class CAVIA(MetaLearner):
             ``adapt`` (only the context adapts).
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     adapts_model = False  # only the context adapts; the model is meta-learned in the outer loop
 
     default_context_dim: int = 5

@@ -101,6 +101,8 @@ class IMAML(MetaLearner):
     problem was solved; the implicit gradient is exact only where it is 0.
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     def __init__(self, model: nn.Module, *, regularization: float = 1.0, cg_steps: int = 5,
                  inner_optimizer: str = "sgd", adam_betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, **kwargs: Any) -> None:

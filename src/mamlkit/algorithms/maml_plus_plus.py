@@ -92,6 +92,8 @@ class MAMLPlusPlus(MetaLearner):
     per-step quantities that training never reached would be untrained.
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     custom_support_loss = False  # per-step BatchNorm sets in its own inner-loop loss
     # The compiled objective is backpropagated by autograd instead: MSL weights and DA are
     # Python numbers that change with set_iteration, so a torch.func.grad graph (the heavier

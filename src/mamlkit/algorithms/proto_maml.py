@@ -41,6 +41,8 @@ class ProtoMAML(MetaLearner):
             defaults to ``"cross_entropy"``.
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     task_threads_safe = False  # the embedding is read by a hook on the shared head module
 
     def __init__(self, model: nn.Module, *, head: str | None = None, **kwargs: Any) -> None:

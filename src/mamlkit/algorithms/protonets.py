@@ -55,6 +55,8 @@ class ProtoNets(MetaLearner):
             (no inner loop); ``first_order``, ``inner_loss`` and ``support_weights`` are refused.
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     task_threads_safe = False  # the embedding is read by a hook on the shared head module
     custom_support_loss = False  # there is no inner loss
 

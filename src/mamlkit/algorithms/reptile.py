@@ -50,6 +50,8 @@ class Reptile(MetaLearner):
     for the published update.
     """
 
+    inner_checkpointable = False  # its inner problem is its own
+
     def __init__(self, model: nn.Module, *, inner_optimizer: str = "sgd",
                  adam_betas: tuple[float, float] = (0.0, 0.999), adam_eps: float = 1e-8,
                  inner_data: str = "support+query", **kwargs: Any) -> None:

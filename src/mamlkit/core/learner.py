@@ -34,6 +34,7 @@ from mamlkit.core.adaptation import adaptation_curve
 from mamlkit.core.batching import check_inner_lr
 from mamlkit.core.execution import Execution, check_task_threads
 from mamlkit.core.functional import FunctionalModel, check_model
+from mamlkit.core.inner_checkpoint import checkpointed_inner_loop
 from mamlkit.core.inner_loop import InnerProblem, InnerResult, inner_loop
 from mamlkit.core.inner_optim import SGD, FixedRates, InnerOptimizer
 from mamlkit.core.losses import LossFn, accuracy
@@ -98,11 +99,21 @@ class MetaLearner(FunctionalModel):
         support_weights: ``"prototype"`` weights each support example of the inner loss by its
             agreement with its class prototype (:mod:`mamlkit.core.support_weights`, with a
             meta-learned temperature), a remedy for wrong support labels; ``None``: equal weights.
+        inner_checkpoint: keep the adapted parameters only every this many inner steps and
+            recompute the steps between during the outer backward (0: off). The second-order
+            meta-gradient is the same; the memory it holds no longer grows with the activations
+            of every step (``benchmarks/inner_memory.py``), for about one more forward and
+            inner backward pass per step. Plain gradient steps only (MAML, Meta-SGD, BOIL).
     """
 
     task_threads_safe: bool = True
     """Whether :meth:`task_objective` may run for several tasks at once on different threads
     (no state shared between calls; an algorithm that hooks into the model sets it False)."""
+
+    inner_checkpointable: bool = True
+    """Whether ``inner_checkpoint`` applies: the inner problem is the driver's (the adapted
+    parameters on :meth:`support_loss`) moved by plain gradient steps. An algorithm with an inner
+    problem of its own (ANIL, CAVIA, ProtoMAML, MAML++'s multi-step loss, ...) declares False."""
 
     compiled_meta_gradient: bool = True
     """Whether ``compile=True`` may differentiate the objective with ``torch.func.grad`` inside
@@ -128,8 +139,17 @@ class MetaLearner(FunctionalModel):
         output: OutputSelector = None,
         inner_loss: str | LossFn | None = None,
         support_weights: str | None = None,
+        inner_checkpoint: int = 0,
     ) -> None:
         check_model(model)
+        if not isinstance(inner_checkpoint, int) or isinstance(inner_checkpoint, bool) \
+                or inner_checkpoint < 0:
+            raise ValueError(f"inner_checkpoint must be an integer >= 0 (0: off; N: keep the "
+                             f"parameters every N inner steps), got {inner_checkpoint!r}.")
+        if inner_checkpoint and not self.inner_checkpointable:
+            raise ValueError(f"{type(self).__name__} adapts through an inner problem of its own, "
+                             "which inner_checkpoint cannot recompute; drop inner_checkpoint "
+                             "(it applies to MAML, Meta-SGD and BOIL).")
         _check_steps("inner_steps", inner_steps)
         if eval_inner_steps is not None:
             _check_steps("eval_inner_steps", eval_inner_steps)
@@ -145,6 +165,7 @@ class MetaLearner(FunctionalModel):
         self.first_order = first_order
         self.inner_lr = check_inner_lr(inner_lr, self.adapted_names, self.aliases)
         self.inner_optimizer: InnerOptimizer = SGD(FixedRates(self.inner_lr))
+        self.inner_checkpoint = inner_checkpoint
         self.batching = batching
         self.chunk_size = chunk_size
         self.use_compile = bool(compile)
@@ -181,12 +202,42 @@ class MetaLearner(FunctionalModel):
         """:meth:`inner_problem` adapted by ``inner_optimizer`` for ``steps`` steps through the
         package's one inner loop (:func:`mamlkit.core.inner_loop.inner_loop`)."""
         optimizer = self.inner_optimizer
+        if self.inner_checkpoint and steps and not first_order and torch.is_grad_enabled():
+            return self._checkpointed_inner_loop(params, support_x, support_y, steps)
         update = None
         if optimizer.stateless:
             def update(grads: Params, state: Any, fast: Params, step: int) -> tuple[Params, Any]:
                 return self.inner_update(fast, grads, step), state
         return inner_loop(self.inner_problem(params, support_x, support_y, first_order),
                           optimizer, steps, first_order, update=update, keep_all=keep_all)
+
+    def _checkpointed_inner_loop(self, params: Params, support_x: Any, support_y: Any,
+                                 steps: int) -> InnerResult:
+        """The driver's inner problem by ``steps`` SGD steps that keep only every
+        ``inner_checkpoint``-th parameter set and recompute the rest in the outer backward
+        (:func:`mamlkit.core.inner_checkpoint.checkpointed_inner_loop`: the same meta-gradient,
+        memory flat in the number of steps)."""
+        optimizer = self.inner_optimizer
+        if not isinstance(optimizer, SGD):
+            raise ValueError(f"inner_checkpoint recomputes plain gradient steps, but the inner "
+                             f"optimizer is {type(optimizer).__name__}; drop inner_checkpoint.")
+        if self.norms is not None and self.batchnorm == "module":
+            raise ValueError("inner_checkpoint evaluates each support loss twice, which would "
+                             "update BatchNorm's running statistics twice; use "
+                             "batchnorm='transductive' or drop inner_checkpoint.")
+        frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
+        fast = {n: params[n] for n in self.adapted_names}
+        as_data = isinstance(support_x, Tensor) and isinstance(support_y, Tensor)
+
+        def loss(all_params: Params, *data: Tensor) -> Tensor:
+            x, y = data if as_data else (support_x, support_y)
+            return self.support_loss(all_params, x, y)
+
+        adapted, losses = checkpointed_inner_loop(
+            loss, fast, frozen, optimizer.rates, steps,
+            data=(support_x, support_y) if as_data else (), every=self.inner_checkpoint,
+            preserve_rng_state=self.execution.draws_random)
+        return InnerResult([params, {**frozen, **adapted}], losses)
 
     def inner_loop(self, params: Params, support_x: Any, support_y: Tensor, steps: int,
                    first_order: bool) -> tuple[list[Params], list[Tensor]]:
