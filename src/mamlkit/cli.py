@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--benchmark", choices=("omniglot-20runs",),
                           help="Lake et al.'s (Science 2015) 20 runs of 20-way within-alphabet "
                                "one-shot classification (all_runs.zip under --data-root/omniglot)")
+    evaluate.add_argument("--support-noise", metavar="RATES",
+                          help="also corrupt this fraction of every support set's labels, e.g. "
+                               "0.2,0.4 (seeded, queries clean, the same episodes for every "
+                               "method; writes eval/support-noise.*; image runs)")
+    evaluate.add_argument("--noise-kind", choices=("symmetric", "pair"), default="symmetric",
+                          help="symmetric: flip to another class; pair: to one fixed other class")
     add_config_options(evaluate, only=EVAL_OPTIONS)
 
     sub.add_parser("list", help="list task families and algorithms", allow_abbrev=False)
@@ -258,7 +264,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not is_image_task(saved.get("task", "")):
         image_only = sorted({"task", "data_root", "class_split", "ways", "invert",
                              "on_bad_image"} & set(overrides)) + (["benchmark"] if args.benchmark
-                                                                  else [])
+                                                                  else []) \
+            + (["support_noise"] if args.support_noise else [])
         if image_only:
             flags = ", ".join("--" + k.replace("_", "-") for k in image_only)
             raise ValueError(f"{flags}: evaluating on other data or ways is supported for image "
@@ -281,6 +288,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config = evaluation_config(saved, overrides)
     check_device(config.device)
+    if args.support_noise:
+        from mamlkit.experiments.noise_eval import evaluate_support_noise
+        from mamlkit.noise import parse_rates
+
+        evaluate_support_noise(config, args.run_dir, parse_rates(args.support_noise),
+                               args.noise_kind)
+        return 0
     get_experiment(config.task).evaluate(config, args.run_dir)
     return 0
 

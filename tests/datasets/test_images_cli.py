@@ -131,3 +131,23 @@ def test_rgb_tree_with_dataset_normalisation_workers_and_resume(trees, tmp_path)
         {"MAML", "random init"}
     assert main([*argv[:6], "--resume", "--iterations", "3", "--no-eval", "--threads", "1"]) == 0
     assert json.loads((run / "train_summary.json").read_text())["maml"]["iterations"] == 3
+
+
+def test_support_noise_evaluation_scores_the_run_on_its_own_episodes(run, capsys) -> None:
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert main(["eval", str(run), "--support-noise", "0.4,1.0", "--noise-kind", "pair",
+                 "--test-episodes", "6", "--no-plots"]) == 0
+    assert "pair support-label noise" in capsys.readouterr().out
+    noisy = json.loads((run / "eval" / "support-noise.json").read_text())
+    assert set(noisy["accuracy"]) == {"MAML", "prototypes"} and noisy["kind"] == "pair"
+    assert set(noisy["accuracy"]["MAML"]) == {"0.0", "0.4", "1.0"}
+    assert set(noisy["drop"]["prototypes"]) == {"0.4", "1.0"}
+    # the clean column is the run's own evaluation: the same fixed episodes and steps
+    assert noisy["accuracy"]["MAML"]["0.0"]["mean"] == pytest.approx(
+        results["accuracy"]["MAML"][-1]["mean"])
+    # every support label flipped to its pair class: prototypes then name the pair class
+    assert noisy["accuracy"]["prototypes"]["1.0"]["mean"] < noisy["accuracy"]["prototypes"][
+        "0.0"]["mean"]
+    assert main(["eval", str(run), "--support-noise", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fraction in [0, 1]" in err[0]
