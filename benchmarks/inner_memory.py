@@ -3,6 +3,7 @@
     python benchmarks/inner_memory.py                          # 1 5 20 50 100 steps, 32 tasks
     python benchmarks/inner_memory.py --tasks 4 --iters 3      # shorter: fewer tasks per batch
     python benchmarks/inner_memory.py --steps 5 50 --methods second-order checkpointed --every 5
+    python benchmarks/inner_memory.py --steps 5 50 --methods maml maml+checkpoint --every 5 --tasks 2
 
 The workload: MAML's Omniglot CNN (``mamlkit.models.omniglot_cnn``), 5-way 1-shot, one query
 image per class, random pixels of the right shape (which time like real images), inner learning
@@ -19,6 +20,9 @@ Methods, each meta-iteration being zero_grad, meta-gradient, Adam step, tasks on
   steps, N steps' graph rebuilt at once).
 - ``first-order``: ``mamlkit.MAML(first_order=True)`` (FOMAML).
 - ``imaml``: ``IMAML`` (implicit gradients, 5 conjugate-gradient steps, lambda 1).
+- ``maml`` / ``maml+checkpoint``: the library's own ``mamlkit.MAML(batching="loop")``, second
+  order, without and with ``inner_checkpoint=--every`` (the learner's route to the same
+  checkpointed steps).
 
 Peak memory is the resident set size (Linux ``VmHWM``) of the method's own process during the
 timed iterations, above its resident memory after the warm-up (freed heap handed back to the
@@ -52,7 +56,7 @@ from torch.func import functional_call
 
 from benchmarks._peers.runner import peak_resident_bytes, reset_peak_resident, resident_bytes
 
-METHODS = ("second-order", "checkpointed", "first-order", "imaml")
+METHODS = ("second-order", "checkpointed", "first-order", "imaml", "maml", "maml+checkpoint")
 WAYS = 5
 
 
@@ -80,13 +84,17 @@ def batch(tasks: int, query_per_class: int, seed: int) -> tuple[Tensor, Tensor, 
 
 def meta_gradient_fn(method: str, model: nn.Module, steps: int, inner_lr: float, every: int = 1):
     """``fn(batch)`` accumulating the mean meta-gradient into ``model``'s ``.grad``."""
-    if method in ("first-order", "imaml"):
+    if method in ("first-order", "imaml", "maml", "maml+checkpoint"):
         import mamlkit
         from mamlkit.algorithms.imaml import IMAML
 
         kwargs = dict(inner_lr=inner_lr, inner_steps=steps, loss="cross_entropy")
-        learner = (mamlkit.MAML(model, first_order=True, **kwargs) if method == "first-order"
-                   else IMAML(model, regularization=1.0, cg_steps=5, **kwargs))
+        if method == "imaml":
+            learner = IMAML(model, regularization=1.0, cg_steps=5, **kwargs)
+        else:  # the library's own second-order MAML (per-task loop), checkpointed or not
+            learner = mamlkit.MAML(model, first_order=method == "first-order", batching="loop",
+                                   inner_checkpoint=every if method == "maml+checkpoint" else 0,
+                                   **kwargs)
         return lambda b: learner.meta_backward(mamlkit.TaskBatch(*b))
     from mamlkit.core.inner_checkpoint import checkpointed_inner_loop
 

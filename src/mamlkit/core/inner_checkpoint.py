@@ -50,7 +50,7 @@ LearningRate = float | Tensor | Mapping[str, float | Tensor]
 float, or a tensor broadcastable to the parameter, such as Meta-SGD's)."""
 LearningRates = LearningRate | Sequence[LearningRate] | Callable[[int], LearningRate]
 """The learning rates of every step: the same for all, a sequence with one per step, or a
-function of the step index (such as a learner's ``inner_lrs``)."""
+function of the step index (such as an inner optimizer's rates, :mod:`mamlkit.core.inner_optim`)."""
 
 
 @dataclass(frozen=True, eq=False)
