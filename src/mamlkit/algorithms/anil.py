@@ -18,21 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mamlkit.algorithms.prototypes import resolve_head
 from mamlkit.core.inner_loop import InnerProblem
 from mamlkit.core.learner import MetaLearner
 from mamlkit.core.model_io import select_output
 from mamlkit.core.params import Params, named_buffers, named_params
-
-
-def last_linear_name(model: nn.Module) -> str:
-    """Module name of the last ``nn.Linear`` in ``model.named_modules()`` order (ANIL's default head)."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names or names[-1] == "":
-        raise ValueError(
-            "ANIL's default head is the model's last nn.Linear layer, but the model has no Linear "
-            "submodule. Pass head='<module name>' naming the submodule that maps features to outputs."
-        )
-    return names[-1]
 
 
 class ANIL(MetaLearner):
@@ -56,16 +46,7 @@ class ANIL(MetaLearner):
         if "adapt" in kwargs:
             raise ValueError("ANIL adapts exactly the head's parameters; choose them with head='<module "
                              "name>' instead of adapt=.")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        head = last_linear_name(model) if head is None else head
-        modules = dict(model.named_modules())
-        if head not in modules or head == "":
-            raise ValueError(f"head={head!r} is not a submodule of the model. Known submodules: "
-                             f"{sorted(n for n in modules if n)}")
-        if not any(True for _ in modules[head].parameters()):
-            raise ValueError(f"The head {head!r} has no parameters to adapt; name a module with "
-                             "parameters (e.g. the final nn.Linear).")
+        head = resolve_head(model, head, "ANIL")
         super().__init__(model, adapt=head, **kwargs)
         self.head_name = head
 

@@ -1,8 +1,9 @@
 """Pieces shared by the algorithms built on a model's head: finding the head, reading its input
 (the embedding) in a functional forward pass, and class prototypes with their distances.
 
-Used by BOIL (which freezes the head in the inner loop), ProtoMAML (which initialises the head
-from prototypes) and Prototypical Networks (which classify by distance to prototypes).
+Used by ANIL (which adapts only the head), BOIL (which freezes the head in the inner loop),
+ProtoMAML (which initialises the head from prototypes) and Prototypical Networks (which classify
+by distance to prototypes).
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mamlkit.algorithms.anil import last_linear_name
 from mamlkit.core.support_weights import captured_input
+
+
+def last_linear_name(model: nn.Module) -> str:
+    """Module name of the last ``nn.Linear`` in ``model.named_modules()`` order (the default
+    head); ``ValueError`` when there is none."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names or names[-1] == "":
+        raise ValueError("the model has no nn.Linear submodule")
+    return names[-1]
 
 
 def resolve_head(model: nn.Module, head: str | None, algorithm: str) -> str:
@@ -27,15 +36,16 @@ def resolve_head(model: nn.Module, head: str | None, algorithm: str) -> str:
         name = last_linear_name(model) if head is None else head
     except ValueError:
         raise ValueError(f"{algorithm}'s default head is the model's last nn.Linear submodule, but "
-                         "the model has none; pass head='<module name>' naming the submodule that "
-                         "maps features to outputs.") from None
+                         "the model has no Linear submodule; pass head='<module name>' naming "
+                         "the submodule that maps features to outputs.") from None
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         raise ValueError(f"{algorithm}: head={name!r} is not a submodule of the model. Known "
                          f"submodules: {sorted(n for n in modules if n)}")
     if not any(True for _ in modules[name].parameters()):
-        raise ValueError(f"{algorithm}: the head {name!r} has no parameters; name the module "
-                         "that maps features to outputs (e.g. the final nn.Linear) with head=.")
+        raise ValueError(f"{algorithm}: the head {name!r} has no parameters to adapt or learn; "
+                         "name the module that maps features to outputs (e.g. the final "
+                         "nn.Linear) with head=.")
     return name
 
 

@@ -20,8 +20,13 @@ from typing import Any
 from mamlkit.algorithms import algorithm_label
 from mamlkit.config import TrainConfig
 from mamlkit.experiments.protocol import TEST_SEED
-from mamlkit.experiments.vision_data import eval_queries, load_all, resolve_config
-from mamlkit.experiments.vision_eval import EVAL_CHUNK, load_maml, network_config, trained_config
+from mamlkit.experiments.vision_data import eval_queries, resolve_config
+from mamlkit.experiments.vision_eval import (
+    load_maml,
+    meta_test_episodes,
+    network_config,
+    trained_config,
+)
 from mamlkit.noise import LABEL_NOISE, SupportNoise
 from mamlkit.noise_protocol import adapted_score, evaluate_under_noise, noise_table, prototype_score
 
@@ -41,9 +46,7 @@ def evaluate_support_noise(config: TrainConfig, run_dir: Path, rates: list[float
     if note:
         print(note)
     steps, queries = config.eval_inner_steps, eval_queries(config)
-    episodes = load_all(config, ("test",))["test"].sampler(
-        config.ways, config.shots, queries).fixed_episodes(config.test_tasks, TEST_SEED,
-                                                           meta_batch_size=EVAL_CHUNK)
+    episodes = meta_test_episodes(config)
     label = algorithm_label(config.algo)
     methods = {label: adapted_score(maml, steps), "prototypes": prototype_score(maml, config.ways)}
     result = evaluate_under_noise(methods, episodes, noises, seed=seed, ways=config.ways)

@@ -215,6 +215,14 @@ def _tuning_episodes(config: TrainConfig, trained: TrainConfig) -> tuple[FixedEp
                                   meta_batch_size=EVAL_CHUNK), ""
 
 
+def meta_test_episodes(config: TrainConfig) -> FixedEpisodes:
+    """The fixed meta-test episodes every evaluation of ``config`` scores (``test_tasks`` of
+    them, seed :data:`~mamlkit.experiments.protocol.TEST_SEED`)."""
+    sampler = load_all(config, ("test",))["test"].sampler(config.ways, config.shots,
+                                                          eval_queries(config))
+    return sampler.fixed_episodes(config.test_tasks, TEST_SEED, meta_batch_size=EVAL_CHUNK)
+
+
 def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """The paper's protocol on the meta-test split: accuracy (mean ± 95% CI over ``test_tasks``
     fixed episodes) after 0..``eval_inner_steps`` steps for MAML and the baselines; prints the
@@ -231,10 +239,8 @@ def evaluate(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     config = resolve_config(config)  # e.g. channels read from the images, as the run saved them
     trained = trained_config(run_dir) if (run_dir / "config.json").is_file() else config
     network = network_config(config, trained)
-    test_data = load_all(config, ("test",))["test"]
     steps, queries = config.eval_inner_steps, eval_queries(config)
-    test = test_data.sampler(config.ways, config.shots, queries).fixed_episodes(
-        config.test_tasks, TEST_SEED, meta_batch_size=EVAL_CHUNK)
+    test = meta_test_episodes(config)
     maml, note = load_maml(network, run_dir)
     notes = [note] if note else []
     results: dict[str, Any] = {
