@@ -45,6 +45,11 @@ ALGORITHM_HELP = (
 """The ``mamlkit train --help`` section on ``--algorithm.NAME`` options."""
 
 
+VALUED_SWITCHES = {"compile": ("on", "off", "{auto,on,off}")}
+"""Settings given as a switch or with a value: ``--compile`` alone is ``on``, ``--no-compile``
+``off``, ``--compile auto`` the value."""
+
+
 def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
                         only: dict[str, tuple[str, ...]] | None = None) -> None:
     """One option per setting: for ``train`` every field, in one group per concern
@@ -64,6 +69,13 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
         kind = field_type(name)
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
                                   "help": docs.get(name, "")}
+        if name in VALUED_SWITCHES:
+            on, off, modes = VALUED_SWITCHES[name]
+            kwargs.update(nargs="?", const=on, metavar=modes)
+            group.add_argument(*flags, **kwargs)
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                               action="store_const", const=off, help=f"the same as {flags[0]} {off}")
+            continue
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:

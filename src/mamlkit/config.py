@@ -99,9 +99,11 @@ class TrainConfig:
     gradients stay float32)."""
     chunk_size: int = 0
     """Tasks per backward pass to bound memory (0 = the whole meta-batch)."""
-    compile: bool = False
-    """torch.compile the meta-gradient (compiled on the first iteration: seconds for the sinusoid
-    MLP, minutes for a CNN on a small CPU; about 3x faster per iteration on the sinusoid MLP)."""
+    compile: str = "auto"
+    """torch.compile the meta-gradient: auto (eager first; compiled in the background once the
+    same shapes repeat and the run is long enough to pay for it, then switched to), on (compiled
+    on the first iteration: seconds for the sinusoid MLP, minutes for a CNN on a small CPU) or
+    off. --compile alone is on, --no-compile off; true / false in a config file."""
     threads: int = 0
     """Torch intra-op threads (0 = torch's default)."""
     task_threads: int = 0
@@ -202,6 +204,8 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise ValueError(f"Unknown config key {name!r} in {source}. Known keys: "
                          f"{', '.join(sorted(FIELDS))}.")
     expected = field_type(name)
+    if name == "compile" and isinstance(value, bool):  # as written before auto existed
+        value = "on" if value else "off"
     origin = typing.get_origin(expected)
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

@@ -73,7 +73,12 @@ def _check_data(config: TrainConfig) -> None:
 
 
 def _check_execution(config: TrainConfig) -> None:
-    if config.task_threads > 1 and not config.compile:
+    from mamlkit.core.auto_compile import COMPILE_MODES
+
+    if config.compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got "
+                         f"{config.compile!r} (--compile auto|on|off; true / false in a file).")
+    if config.task_threads > 1 and config.compile == "off":
         raise ValueError(f"task_threads = {config.task_threads} spreads the compiled meta-gradient "
                          "over threads: set compile = true as well (--compile), or "
                          "task_threads = 0.")

@@ -220,8 +220,11 @@ class SupervisedStep:
                 self.say("compiling the meta-gradient with torch.compile (seconds for an MLP, "
                          "minutes for a CNN on a small CPU) ...")
         self.optimizer.zero_grad(set_to_none=True)
+        learner.expect_meta_batches(config.iterations - iteration)
         with self.autocast():
             metrics = learner.meta_backward(batch)
+        for line in learner.compile_messages():
+            self.say(line)
         if self.first and learner.use_compile:
             self.say(f"first meta-iteration done in {time.perf_counter() - tick:.1f} s "
                      f"({learner.execution_summary(batch)})")

@@ -148,7 +148,8 @@ def test_auto_task_threads_only_for_the_compiled_cpu_loop_of_a_safe_model(two_th
     batch = TaskBatch(x[:, :3], y[:, :3], x[:, 3:], y[:, 3:])
     kwargs = {"inner_lr": 0.1, "loss": "cross_entropy"}
     assert MAML(_cnn(), compile=True, **kwargs).task_threads_for(batch) == 2  # auto: CPU loop
-    assert MAML(_cnn(), **kwargs).task_threads_for(batch) == 1  # eager
+    assert MAML(_cnn(), compile=False, **kwargs).task_threads_for(batch) == 1  # eager
+    assert MAML(_cnn(), **kwargs).task_threads_for(batch) == 2  # auto: once compiled
     assert MAML(_cnn(), compile=True, batching="vmap", **kwargs).task_threads_for(batch) == 1
     assert MAML(_cnn(dropout=True), compile=True, **kwargs).task_threads_for(batch) == 1
     hooked = _cnn()
@@ -162,8 +163,9 @@ def test_auto_task_threads_only_for_the_compiled_cpu_loop_of_a_safe_model(two_th
     assert MAML(_cnn(), compile=True, task_threads=8, **kwargs).task_threads_for(batch) == 4
     assert MAML(_cnn(), compile=True, task_threads=1, **kwargs).task_threads_for(batch) == 1
     summaries = [MAML(_cnn(), compile=True, **kwargs).execution_summary(batch),
-                 MAML(_cnn(), **kwargs).execution_summary(batch),
-                 MAML(_cnn(), batching="vmap", chunk_size=3, **kwargs).execution_summary(batch)]
+                 MAML(_cnn(), compile=False, **kwargs).execution_summary(batch),
+                 MAML(_cnn(), batching="vmap", chunk_size=3, compile=False,
+                      **kwargs).execution_summary(batch)]
     assert summaries == ["batching loop, compiled, on 2 task threads", "batching loop, eager",
                          "batching vmap in chunks of 3 tasks, eager"]
 
@@ -172,7 +174,7 @@ def test_task_threads_argument_errors_name_the_fix():
     with pytest.raises(ValueError, match="positive integer or None"):
         MAML(_mlp(), task_threads=0)
     with pytest.raises(ValueError, match="pass compile=True"):
-        MAML(_mlp(), task_threads=2)
+        MAML(_mlp(), task_threads=2, compile=False)
     for algorithm in (ANIL, MAMLPlusPlus):
         with pytest.raises(ValueError, match="cannot process tasks on several threads"):
             algorithm(_mlp(), compile=True, task_threads=2)

@@ -101,7 +101,7 @@ def test_missing_config_file(tmp_path, capsys) -> None:
     (["--on-nonfinite", "ignore"], "on_nonfinite must be one of"),
     (["--amp", "fp16"], "amp must be one of \\('none', 'bf16'\\)"),
     (["--task-threads", "-1"], "task_threads must be >= 0"),
-    (["--task-threads", "2"], "set compile = true as well \\(--compile\\)"),
+    (["--task-threads", "2", "--no-compile"], "set compile = true as well \\(--compile\\)"),
 ])
 def test_impossible_values_are_refused_before_the_run_dir_exists(tmp_path, capsys, argv,
                                                                   message) -> None:

@@ -115,6 +115,48 @@ def test_compile_progress_lines_come_before_the_bar(tmp_path, capsys, monkeypatc
     assert "meta-train sinusoid" in captured.err and "meta-batch" not in captured.err
 
 
+def test_auto_compile_lines_come_from_the_trainer_in_order(tmp_path, capsys, monkeypatch) -> None:
+    """The default compile="auto" in the training loop: the trainer says how many meta-batches
+    are left, so a long enough run starts the background compile after the shapes repeat, and
+    its lines (started, then done) reach the output between the bar's updates."""
+    import mamlkit.core.compiled as compiled_module
+    from mamlkit.core.auto_compile import AutoCompile
+
+    monkeypatch.setattr(compiled_module, "compile_for", lambda fn, *a, **k: fn)  # no real compiler
+    monkeypatch.setattr(AutoCompile, "pays_after_s", 0.0)  # any run pays
+    torch.manual_seed(0)
+    learner = MAML(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)))
+    config = make_config({"iterations": 300, "meta_batch_size": 2, "tensorboard": False,
+                          "val_every": 0})
+    meta_train(learner, Sinusoid(seed=0), config, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("meta-batch of 2 tasks: batching vmap, eager, compiled in the background "
+                        "once it pays (compile=auto)")
+    assert lines[1].startswith("compile=auto: compiling the meta-gradient for 2 tasks x 10+10")
+    assert lines[2].startswith("compile=auto: compiled the meta-gradient in ")
+    assert learner.execution.auto.meta_batches_left == 0
+
+
+@pytest.mark.parametrize(("argv", "file_value", "mode"), [
+    ([], None, "auto"), (["--compile"], None, "on"), (["--no-compile"], None, "off"),
+    (["--compile", "off"], None, "off"), ([], True, "on"), ([], False, "off")])
+def test_compile_is_a_switch_with_an_optional_mode(tmp_path, argv, file_value, mode) -> None:
+    """--compile alone is on, --no-compile off, --compile MODE the mode; a config file's (or an
+    older run's) true / false read as on / off; anything else refused in one line."""
+    from mamlkit.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["train", "sinusoid", *argv])
+    layers = [{"compile": file_value}] if file_value is not None else []
+    assert make_config(*layers, _overrides(args)).compile == mode
+
+
+def test_a_bad_compile_mode_is_refused_in_one_line(tmp_path, capsys) -> None:
+    assert main(["train", "sinusoid", "--compile", "fast", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mamlkit: error: compile must be one of auto, on, off, got 'fast' (--compile "
+                   "auto|on|off; true / false in a file)."]
+
+
 def test_wandb_offline_logs_the_rows_without_a_network(tmp_path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_API_KEY", "")

@@ -9,13 +9,16 @@ one input shape. Any compiler failure warns once and the caller runs eagerly.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value
+from torch.utils._pytree import tree_map
 
 from mamlkit.core.model_io import first_leaf, index_tree, shape_key
 from mamlkit.core.params import Params
@@ -30,9 +33,30 @@ ChunkResult = tuple[Tensor, Any, Metrics]
 """One chunk's per-task losses, auxiliary task state and metrics."""
 
 
+def compile_cache_dir() -> Path:
+    """Where compiled artifacts are kept across runs: ``$MAMLKIT_CACHE/torch-compile``, else
+    ``~/.cache/mamlkit/torch-compile``."""
+    base = os.environ.get("MAMLKIT_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "mamlkit") / "torch-compile"
+
+
+def use_user_cache() -> str:
+    """Point Inductor's on-disk cache (its FX-graph and AOT-autograd caches) at
+    :func:`compile_cache_dir` unless ``TORCHINDUCTOR_CACHE_DIR`` names another place: Inductor's
+    own default is a temporary directory, emptied on reboot (importing ``torch._dynamo`` writes
+    that default into the variable, so it is replaced where it is the default). Returns the
+    directory in use."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def compile_for(fn: Callable[..., Any], device: torch.device, worker_threads: bool = False
                 ) -> Callable[..., Any]:
-    """``torch.compile`` for one input shape; on the CPU without Inductor's channels-last layout
+    """``torch.compile`` for one input shape, with the compiled artifacts cached across runs
+    (:func:`use_user_cache`); on the CPU without Inductor's channels-last layout
     choice for convolutions, which makes the small-batch convolution backward passes of the inner
     loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md).
 
@@ -42,6 +66,7 @@ def compile_for(fn: Callable[..., Any], device: torch.device, worker_threads: bo
     from a Python function that would hold the GIL between kernels (W3 on two workers: 170
     instead of 270 ms per meta-iteration).
     """
+    use_user_cache()
     if device.type != "cpu":
         return torch.compile(fn, dynamic=False)
     if not worker_threads:
@@ -54,11 +79,14 @@ class CompiledMetaGradient:
     """The compiled objective and meta-gradient of one learner, and whether compiling failed.
 
     ``failed`` turns every compiled path off (after a warning); ``threads_failed`` only the
-    variant for worker threads, whose graph must compile whole.
+    variant for worker threads, whose graph must compile whole. ``traced``: the module the
+    meta-gradient is traced through, the learner itself or a twin sharing its tensors
+    (:func:`mamlkit.core.auto_compile.make_twin`), so it can be compiled on another thread.
     """
 
-    def __init__(self, learner: MetaLearner) -> None:
+    def __init__(self, learner: MetaLearner, traced: MetaLearner | None = None) -> None:
         self.learner = learner
+        self.traced = learner if traced is None else traced
         self.failed = False
         self.threads_failed = False
         self.objectives: dict[str, Callable[..., Any]] = {}
@@ -95,32 +123,71 @@ class CompiledMetaGradient:
             self.objectives[mode] = run
         return self.objectives[mode]
 
-    def _gradient(self, chunk: TaskBatch, trainable: Params, factor: Tensor, mode: str,
-                  threaded: bool) -> tuple[Params, ChunkResult] | None:
-        """``factor`` times the gradient of the chunk's summed losses with respect to every
-        trainable parameter (``trainable``: their detached values), from one compiled call of
-        ``torch.func.grad`` over ``functional_call(learner, ...)``, and the chunk's losses, state
-        and metrics; under ``loop`` the chunk is one task. None, after a warning, if compilation
-        failed (for the threaded variant only, if ``threaded``)."""
-        batched = mode == "vmap"
+    def _function(self, mode: str, threaded: bool) -> Callable[..., Any]:
+        """The compiled ``grad_and_value`` of the traced learner's scaled summed losses."""
         key = (mode, threaded)
         if key not in self.gradients:
-            learner = self.learner
+            traced, batched = self.traced, mode == "vmap"
 
             def scaled_loss(trainable: Params, factor: Tensor, *args: Any
                             ) -> tuple[Tensor, ChunkResult]:
                 losses, state, metrics = functional_call(
-                    learner, trainable, args, {"batched": batched, "with_state": True},
+                    traced, trainable, args, {"batched": batched, "with_state": True},
                     strict=False)
                 return losses.sum() * factor.to(losses.dtype), (losses.detach(), state, metrics)
 
             self.gradients[key] = compile_for(grad_and_value(scaled_loss, has_aux=True),
                                               self._device(), worker_threads=threaded)
+        return self.gradients[key]
+
+    def _call(self, chunk: TaskBatch, trainable: Params, factor: Tensor, mode: str,
+              threaded: bool) -> tuple[Params, ChunkResult]:
+        """``factor`` times the gradient of the chunk's summed losses with respect to every
+        trainable parameter (``trainable``: their detached values), from one compiled call of
+        ``torch.func.grad`` over ``functional_call(traced, ...)``, and the chunk's losses, state
+        and metrics; under ``loop`` the chunk is one task."""
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
-        if not batched:
+        if mode != "vmap":
             args = tuple(index_tree(a, 0) for a in args)
+        # Contiguous, so strided views (a batch sliced from one tensor) reuse the graph that
+        # contiguous inputs of the same shapes compiled, instead of recompiling for new strides.
+        args = tree_map(Tensor.contiguous, args)
+        self._set_vmapped(mode)
+        grads, (_, result) = self._function(mode, threaded)(trainable, factor, *args)
+        return grads, result
+
+    def _set_vmapped(self, mode: str) -> None:
+        """Tell the norm layers of the learner (and of its twin) whether tasks are vmapped: read
+        by compiled code, no stack lookup."""
+        for owner in {id(self.learner): self.learner, id(self.traced): self.traced}.values():
+            if owner.norms is not None:
+                owner.norms.vmapped = mode == "vmap"
+
+    def build(self, chunk: TaskBatch, trainable: Params, mode: str, threaded: bool
+              ) -> Exception | None:
+        """Compile the meta-gradient for ``chunk``'s shapes by running it once (the result is
+        discarded); the compiler's error, if any, is returned rather than raised or warned."""
+        dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
+        factor = torch.tensor(1.0, dtype=dtype, device=first_leaf(chunk.query_y).device)
         try:
-            grads, (_, result) = self.gradients[key](trainable, factor, *args)
+            self._call(chunk, trainable, factor, mode, threaded)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: reported to the caller
+            return error
+        if threaded:
+            self.warm.add(self._warm_key(chunk, mode, dtype))
+        return None
+
+    @staticmethod
+    def _warm_key(chunk: TaskBatch, mode: str, dtype: torch.dtype) -> tuple:
+        return (mode, dtype, *(shape_key(a) for a in (
+            chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)))
+
+    def _gradient(self, chunk: TaskBatch, trainable: Params, factor: Tensor, mode: str,
+                  threaded: bool) -> tuple[Params, ChunkResult] | None:
+        """:meth:`_call`, or None after a warning if compilation failed (for the threaded
+        variant only, if ``threaded``)."""
+        try:
+            return self._call(chunk, trainable, factor, mode, threaded)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly
             if threaded:
                 warnings.warn(
@@ -131,7 +198,6 @@ class CompiledMetaGradient:
             else:
                 self.warn_failure(error)
             return None
-        return grads, result
 
     def backward(self, chunks: list[TaskBatch], scale: float, mode: str, threads: int
                  ) -> list[ChunkResult | None]:
@@ -140,8 +206,6 @@ class CompiledMetaGradient:
         metrics; None for a chunk that could not be compiled (nothing of it was accumulated: the
         caller runs it eagerly)."""
         learner = self.learner
-        if learner.norms is not None:
-            learner.norms.vmapped = mode == "vmap"  # read by compiled code, no stack lookup
         trainable = {n: p for n, p in learner.named_parameters() if p.requires_grad}
         detached = {n: p.detach() for n, p in trainable.items()}
         dtype = next(iter(trainable.values())).dtype if trainable else torch.get_default_dtype()
@@ -171,9 +235,7 @@ class CompiledMetaGradient:
             shares = [run(indices)]
         else:
             # The first call of a compiled function compiles it: alone, never on two threads.
-            first = chunks[0]
-            key = (mode, dtype, *(shape_key(a) for a in (
-                first.support_x, first.support_y, first.query_x, first.query_y)))
+            key = self._warm_key(chunks[0], mode, dtype)
             shares = []
             if key not in self.warm:
                 shares += map_interleaved(run, indices[:1], threads)  # one share: one worker

@@ -12,6 +12,7 @@ overrides. Measurements behind the choices: ``docs/performance.md``.
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils._pytree import tree_map
 
+from mamlkit.core.auto_compile import AutoCompile
 from mamlkit.core.batching import iterate_chunks, refuse_vmap, vmap_blocker
 from mamlkit.core.compiled import CompiledMetaGradient
 from mamlkit.core.kernels import explain_kernel_error
@@ -37,7 +39,7 @@ _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTrans
 _RANDOM_TYPES = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
 
-def check_task_threads(learner: MetaLearner, task_threads: int | None, compile: bool) -> None:
+def check_task_threads(learner: MetaLearner, task_threads: int | None, compile: str) -> None:
     """``ValueError`` naming the fix when ``task_threads`` cannot apply to this learner."""
     if task_threads is None:
         return
@@ -46,10 +48,10 @@ def check_task_threads(learner: MetaLearner, task_threads: int | None, compile: 
                          f"got {task_threads!r}.")
     if task_threads == 1:
         return
-    if not compile:
+    if compile == "off":
         raise ValueError(
             f"task_threads={task_threads} spreads the compiled per-task meta-gradient over "
-            "threads; pass compile=True as well (the eager loop holds Python's GIL for most "
+            "threads; pass compile=True or 'auto' (the eager loop holds Python's GIL for most "
             "of its time and would not run faster), or leave task_threads at None.")
     if not learner.task_threads_safe or not learner.compiled_meta_gradient:
         raise ValueError(
@@ -59,14 +61,15 @@ def check_task_threads(learner: MetaLearner, task_threads: int | None, compile: 
 
 class Execution:
     """The execution of one learner's meta-batches: its settings are the learner's
-    (``batching``, ``chunk_size``, ``use_compile``, ``task_threads``, read at each call), the
-    fallback flags and compile caches are kept here."""
+    (``batching``, ``chunk_size``, ``compile_mode``, ``task_threads``, read at each call), the
+    fallback flags, compile caches and the ``compile="auto"`` policy are kept here."""
 
     def __init__(self, learner: MetaLearner) -> None:
         model = learner.model
         self.learner = learner
         self.vmap_failed = False
         self.compiled = CompiledMetaGradient(learner)
+        self.auto = AutoCompile(learner) if learner.compile_mode == "auto" else None
         self.has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
         self.draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
 
@@ -101,6 +104,19 @@ class Execution:
         return (self.learner.use_compile and not self.compiled.failed
                 and self.learner.compiled_meta_gradient)
 
+    def may_compile_meta_gradient(self, batch: TaskBatch) -> bool:
+        """Whether the compiled meta-gradient runs, or may run once ``compile="auto"`` has
+        built it, for ``batch``."""
+        if self.auto is None:
+            return self.uses_compiled_meta_gradient()
+        return self.auto.static_reason(batch) is None
+
+    def compiled_backend(self, batch: TaskBatch, mode: str) -> CompiledMetaGradient | None:
+        """The compiled meta-gradient to run ``batch`` with now, or None (eager)."""
+        if self.uses_compiled_meta_gradient():
+            return self.compiled
+        return None if self.auto is None else self.auto.backend_for(batch, mode)
+
     def task_threads_for(self, batch: TaskBatch) -> int:
         """How many worker threads :meth:`meta_backward` spreads ``batch``'s tasks over.
 
@@ -118,14 +134,15 @@ class Execution:
         explicit count applies as given. Either is capped at the number of tasks.
         """
         learner = self.learner
+        threads_failed = self.compiled.threads_failed or bool(self.auto and self.auto.threads_failed)
         if (learner.batching_for(batch) != "loop" or first_leaf(batch.query_y).device.type != "cpu"
-                or not self.uses_compiled_meta_gradient() or not learner.task_threads_safe
-                or self.compiled.threads_failed):
+                or not self.may_compile_meta_gradient(batch) or not learner.task_threads_safe
+                or threads_failed):
             return 1
         if self.learner.task_threads is not None:
             return max(1, min(self.learner.task_threads, batch.num_tasks))
         module_norms = learner.norms is not None and learner.batchnorm == "module"
-        hooked = _has_hooks(learner.model) or learner.support_objective is not None
+        hooked = has_hooks(learner.model) or learner.support_objective is not None
         if self.draws_random or module_norms or hooked:
             return 1
         return max(1, min(torch.get_num_threads(), batch.num_tasks))
@@ -136,10 +153,15 @@ class Execution:
         parts = [f"batching {mode}"]
         if mode == "vmap" and self.learner.chunk_size and self.learner.chunk_size < batch.num_tasks:
             parts[0] += f" in chunks of {self.learner.chunk_size} tasks"
-        parts.append("compiled" if self.learner.use_compile and not self.compiled.failed else "eager")
+        if self.auto is not None:
+            parts.append(self.auto.state(batch, mode))
+        else:
+            parts.append("compiled" if self.learner.use_compile and not self.compiled.failed
+                         else "eager")
         threads = self.learner.task_threads_for(batch)
         if threads > 1:
-            parts.append(f"on {threads} task threads")
+            pending = self.auto is not None and self.compiled_backend(batch, mode) is None
+            parts.append(f"on {threads} task threads{' once compiled' if pending else ''}")
         return ", ".join(parts)
 
     # ------------------------------------------------------------------ the objective
@@ -218,9 +240,11 @@ class Execution:
                 "backward (meta_backward(batch, backward=self.manual_backward)), or return "
                 "meta_loss(batch)[0] from the step instead.")
         compiled: list[Any] = [None] * len(chunks)
-        if self.uses_compiled_meta_gradient() and backward is None:
-            compiled = self.compiled.backward(chunks, 1.0 / total, mode,
-                                              self.learner.task_threads_for(batch))
+        backend = self.compiled_backend(batch, mode) if backward is None else None
+        threads = self.learner.task_threads_for(batch)
+        tick = time.perf_counter()
+        if backend is not None:
+            compiled = backend.backward(chunks, 1.0 / total, mode, threads)
         sums: dict[str, float] = {}
         for index, (chunk, result) in enumerate(zip(chunks, compiled)):
             if result is None:
@@ -243,6 +267,8 @@ class Execution:
                 learner.absorb(state)
             for k, v in {"loss": losses.detach(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
+        if self.auto is not None and backend is None and backward is None:
+            self.auto.observe(batch, chunks, mode, threads, time.perf_counter() - tick)
         return {k: v / total for k, v in sums.items()}
 
 
@@ -254,7 +280,7 @@ def stack_results(results: list[tuple[Tensor, Any, Metrics]]) -> tuple[Tensor, A
     return losses, states, metrics
 
 
-def _has_hooks(module: nn.Module) -> bool:
+def has_hooks(module: nn.Module) -> bool:
     """Whether any submodule has forward or backward hooks registered."""
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                or m._backward_pre_hooks for m in module.modules())

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from mamlkit.core.adaptation import adaptation_curve
+from mamlkit.core.auto_compile import compile_mode
 from mamlkit.core.batching import check_inner_lr
 from mamlkit.core.execution import Execution, check_task_threads
 from mamlkit.core.functional import FunctionalModel, check_model
@@ -77,13 +78,17 @@ class MetaLearner(FunctionalModel):
             memory; gradients are accumulated and equal those of the whole batch.
         batchnorm: ``"transductive"`` (batch statistics everywhere, the paper's) or ``"module"``.
         eval_inner_steps: adaptation steps at test time (defaults to ``inner_steps``).
-        compile: ``torch.compile`` the meta-gradient: :meth:`meta_backward` differentiates the
-            objective with ``torch.func.grad`` inside one compiled graph (forward, inner and outer
+        compile: ``"auto"`` (the default), ``"on"`` (``True``) or ``"off"`` (``False``).
+            Compiled, :meth:`meta_backward` differentiates the objective with
+            ``torch.func.grad`` inside one ``torch.compile``d graph (forward, inner and outer
             backward, no autograd engine at run time), per batch under ``vmap`` and per task in
-            the loop; :meth:`meta_loss` compiles the objective and backpropagates through it.
-            Compiles once per input shape, on the first call (seconds for an MLP, one to a few
-            minutes for a CNN on a small CPU); if compilation fails the learner warns and runs
-            eagerly.
+            the loop. ``"on"`` compiles on the first call for each input shape (seconds for an
+            MLP, minutes for a CNN on a small CPU; :meth:`meta_loss` compiles the objective and
+            backpropagates through it); ``"auto"`` runs eagerly and compiles the meta-gradient
+            on a background thread once the same shapes keep coming back and the time still to
+            come pays for it, then switches (:mod:`mamlkit.core.auto_compile`; it stays eager,
+            saying why, where compiling cannot serve). Either falls back to eager on a compiler
+            error. Compiled artifacts are cached across runs.
         task_threads: worker threads over which the compiled per-task loop spreads a batch's
             tasks on the CPU, each with one intra-op thread (see :meth:`task_threads_for`);
             ``None`` picks per batch, ``1`` keeps every task on the calling thread.
@@ -133,7 +138,7 @@ class MetaLearner(FunctionalModel):
         chunk_size: int | None = None,
         batchnorm: str = "transductive",
         eval_inner_steps: int | None = None,
-        compile: bool = False,
+        compile: bool | str = "auto",
         task_threads: int | None = None,
         forward: ForwardFn | None = None,
         output: OutputSelector = None,
@@ -157,7 +162,8 @@ class MetaLearner(FunctionalModel):
             raise ValueError(f"Unknown batching {batching!r}; choose one of {BATCHING_MODES}.")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of tasks, got {chunk_size}.")
-        check_task_threads(self, task_threads, compile)
+        mode = compile_mode(compile)
+        check_task_threads(self, task_threads, mode)
         super().__init__(model, loss=loss, adapt=adapt, batchnorm=batchnorm, forward=forward,
                          output=output, inner_loss=inner_loss, support_weights=support_weights)
         self.inner_steps = inner_steps
@@ -168,7 +174,7 @@ class MetaLearner(FunctionalModel):
         self.inner_checkpoint = inner_checkpoint
         self.batching = batching
         self.chunk_size = chunk_size
-        self.use_compile = bool(compile)
+        self.compile_mode = mode
         self.task_threads = task_threads
         self.execution = Execution(self)
 
@@ -321,6 +327,24 @@ class MetaLearner(FunctionalModel):
         """How :meth:`meta_backward` runs ``batch``, in one line (printed when training starts):
         the batching mode, compiled or eager, and the task threads."""
         return self.execution.summary(batch)
+
+    @property
+    def use_compile(self) -> bool:
+        """Whether everything is compiled from the first call (``compile="on"``)."""
+        return self.compile_mode == "on"
+
+    def expect_meta_batches(self, count: int | None) -> None:
+        """Tell ``compile="auto"`` how many more meta-batches of the current shapes are coming
+        (the trainer does, every iteration): it then compiles as soon as that pays, and never
+        for a short run. ``None``: unknown (it judges from the time spent so far)."""
+        if self.execution.auto is not None:
+            self.execution.auto.meta_batches_left = count
+
+    def compile_messages(self) -> list[str]:
+        """Progress lines of ``compile="auto"`` since the last call (compile started, done or
+        declined), for a trainer to print; also logged to the ``mamlkit.compile`` logger."""
+        auto = self.execution.auto
+        return auto.take_messages() if auto is not None else []
 
     @property
     def _compile_failed(self) -> bool:
