@@ -4,9 +4,14 @@
     python benchmarks/peers.py -w W1 W2 --iters 30     # selected workloads
     python benchmarks/peers.py -w W1 W2 --scaling      # + time vs meta-batch size (8, 32, 128)
     python benchmarks/peers.py -w W2b --iters 20 --warmup 2 --mamlkit auto loop vmap
+    python benchmarks/peers.py -w W1 --mamlkit auto auto+eager auto+compile  # compile settings
     python benchmarks/peers.py --device cuda           # on a GPU (peak memory from the allocator)
 
-Implementations: mamlkit (``MAML.meta_backward``), learn2learn (``MAML.clone()/adapt()``), higher
+mamlkit runs at its defaults (``mamlkit (auto)``: ``batching="auto"``, ``compile="auto"``, told
+it is in a long run, so it compiles in the background after its third meta-batch; its warm-up
+waits for that compile, whose time and the compile cache's state, cold or warm, are in the
+footer); ``+eager`` and ``+compile`` set ``compile`` off and on. Implementations: mamlkit
+(``MAML.meta_backward``), learn2learn (``MAML.clone()/adapt()``), higher
 (``innerloop_ctx``), TorchOpt (``MetaSGD``), parallel-metalearn (``MAML.step`` with its ``vmap``
 and ``sequential`` backends, ``--metalearn``) when installed (``pip install -e .[bench]``), and a
 plain per-task loop with ``torch.autograd.grad`` that needs nothing. All get the same model,
@@ -76,6 +81,7 @@ class Result:
     cpu_ms: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
     grad_error: float | None = None
+    warm_up: str = ""
 
     @property
     def label(self) -> str:
@@ -159,6 +165,8 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
         reply = parent.recv() if parent.poll(args.setup_timeout) else ("error", "set-up timed out")
         if reply[0] == "ready":
             running.append((result, parent, proc))
+            if reply[1]:
+                result.warm_up = reply[1]
         else:
             result.error = reply[1].strip().splitlines()[0]
             proc.kill()
@@ -191,8 +199,10 @@ def run_workload(workload: Workload, impls: list[str], args: argparse.Namespace)
     return results
 
 
-def format_table(workload: Workload, results: list[Result], tolerance: float) -> str:
-    """Markdown table of one workload's results."""
+def format_table(workload: Workload, results: list[Result], tolerance: float, cache: str = ""
+                 ) -> str:
+    """Markdown table of one workload's results; ``cache``: the compile cache's state at the
+    start (:func:`compile_cache_state`), for the footer of a background compile."""
     timed = [r for r in results if r.times_ms]
     peers = [r for r in timed if r.is_peer and r.grad_error is not None and r.grad_error <= tolerance]
     fastest = min(peers, key=lambda r: r.median) if peers else None
@@ -220,7 +230,22 @@ def format_table(workload: Workload, results: list[Result], tolerance: float) ->
         counts = sorted(len(r.times_ms) for r in timed)
         lines.append(f"\nfastest peer: {fastest.label} (wall), {fastest_cpu.label} (CPU); "
                      f"{counts[0]}-{counts[-1]} timed iterations per implementation")
+    for r in results:
+        if r.warm_up:
+            lines.append(f"\n{r.label}, before timing: {r.warm_up} ({cache})")
     return "\n".join(lines)
+
+
+def compile_cache_state() -> str:
+    """Where compiled artifacts are cached and whether the cache was empty when the run began
+    (cold: every compile from scratch) or not (warm: a compile of shapes seen before reuses
+    Inductor's FX-graph and AOT-autograd caches)."""
+    from mamlkit.core.compiled import use_user_cache
+
+    root = Path(use_user_cache())  # the directory the workers will use
+    files = sum(1 for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+    state = "cold: empty at the start" if files == 0 else f"warm: {files} files at the start"
+    return f"compile cache {root} ({state})"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -245,9 +270,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="parallel-metalearn variants to run, from " + str(METALEARN_VARIANTS)
                              + " (the +bn2d ones on CNN workloads only)")
     parser.add_argument("--mamlkit", nargs="+", default=["auto"], metavar="MODE",
-                        help="mamlkit batching modes to time: auto, loop, vmap; MODE/N sets "
+                        help="mamlkit modes to time (plain: the defaults, compile='auto'): auto, "
+                             "loop, vmap (batching); MODE/N sets "
                              "chunk_size=N (e.g. vmap/8); a +compile suffix turns on "
-                             "torch.compile (e.g. auto+compile; compiled in the warm-up)")
+                             "torch.compile from the first call and +eager turns it off "
+                             "(e.g. auto+compile, auto+eager; compiles happen before timing)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch intra-op threads in every process (default: torch's)")
@@ -269,10 +296,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         parser.error(f"unknown implementations {bad}; choose from {list(MODULES)}")
     bad_modes = [m for m in args.mamlkit
-                 if not re.fullmatch(r"(auto|loop|vmap)(/[1-9][0-9]*)?(\+compile)?", m)]
+                 if not re.fullmatch(r"(auto|loop|vmap)(/[1-9][0-9]*)?(\+compile|\+eager)?", m)]
     if bad_modes:
         parser.error(f"unknown --mamlkit modes {bad_modes}; use auto, loop or vmap, optionally "
-                     "with /N (chunk size) and +compile, e.g. vmap/8+compile")
+                     "with /N (chunk size) and +compile or +eager, e.g. vmap/8+compile")
     bad_variants = [v for v in args.metalearn if v not in METALEARN_VARIANTS]
     if bad_variants:
         parser.error(f"unknown --metalearn variants {bad_variants}; choose from {list(METALEARN_VARIANTS)}")
@@ -300,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, "
           f"{os.cpu_count()} CPUs, load average at start {load[0]:.2f}", flush=True)
+    cache = compile_cache_state()
+    print(cache)
     mismatch = False
     tables = []
     present: dict[str, str] = {}
@@ -310,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             present[r.label] = f"{r.version} ({r.note})" if r.version else f"absent ({r.error})"
             if r.grad_error is not None and r.grad_error > args.tolerance and not r.expected_mismatch:
                 mismatch = True
-        table = format_table(workload, results, args.tolerance)
+        table = format_table(workload, results, args.tolerance, cache)
         tables.append(table)
         print("\n" + table + "\n", flush=True)
     print("implementations:")

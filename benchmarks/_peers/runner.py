@@ -74,6 +74,11 @@ def reset_peak_resident() -> bool:
     return True
 
 
+COMPILE_SUFFIXES = {"compile": "on", "eager": "off"}
+"""mamlkit mode suffixes: ``+compile`` compiles on the first call, ``+eager`` never; without one
+the learner's default, ``compile="auto"``."""
+
+
 def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any, str, str]:
     name, _, mode = impl.partition(":")
     module = importlib.import_module(MODULES[name])
@@ -82,11 +87,12 @@ def _prepare(impl: str, workload: Workload, model: torch.nn.Module) -> tuple[Any
         raise ModuleNotFoundError(note)
     if name == "mamlkit":
         mode, plus, extra = (mode or "auto").partition("+")
-        if plus and extra != "compile":
-            raise ValueError(f"unknown mamlkit option +{extra}; only +compile exists")
+        if plus and extra not in COMPILE_SUFFIXES:
+            raise ValueError(f"unknown mamlkit option +{extra}; use +compile or +eager")
         batching, _, chunk = mode.partition("/")
         step = module.prepare(model, workload, batching=batching,
-                              chunk_size=int(chunk) if chunk else None, compile=bool(plus))
+                              chunk_size=int(chunk) if chunk else None,
+                              compile=COMPILE_SUFFIXES[extra] if plus else "auto")
         return step, version, note
     if name == "metalearn":
         return module.prepare(model, workload, variant=mode or "vmap"), version, f"{note}, {mode}"
@@ -107,11 +113,13 @@ def check_worker(conn: Connection, impl: str, workload_fields: dict, device: str
         batch = tuple(t.to(device=device, dtype=getattr(torch, dtype)) if t.is_floating_point()
                       else t.to(device) for t in make_batch(workload, seed + 1))
         meta_gradient, version, note = _prepare(impl, workload, model)
+        warmed = _warm_up(meta_gradient, batch)
         learner = getattr(meta_gradient, "learner", None)
         if learner is not None:
             import mamlkit
 
             note += f"; {learner.execution_summary(mamlkit.TaskBatch(*batch))}"
+            note += f"; {dtype} check: {warmed}" if warmed else ""
         model.zero_grad(set_to_none=True)
         meta_gradient(batch)
         # numpy arrays: plain pickles that outlive this process (tensors would be shared by fd)
@@ -139,6 +147,7 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
         model = build_model(workload, seed).to(device).train()
         batch = tuple(t.to(device) for t in make_batch(workload, seed + 1))
         meta_gradient, _, _ = _prepare(impl, workload, model)
+        warmed = _warm_up(meta_gradient, batch)
         optimizer = torch.optim.Adam(model.parameters(), lr=workload.meta_lr)
         cuda = device.startswith("cuda")
 
@@ -150,7 +159,7 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
         baseline = torch.cuda.memory_allocated() if cuda else resident_bytes()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        conn.send(("ready",))
+        conn.send(("ready", warmed))
     except Exception as error:  # noqa: BLE001
         conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"))
         return
@@ -184,6 +193,13 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
             conn.send((peak - baseline,))
         else:
             return
+
+
+def _warm_up(meta_gradient: Any, batch: tuple) -> str:
+    """An implementation's own warm-up before its gradient is checked or timed (mamlkit's
+    background compile under ``compile="auto"``); what it reported, or ``""``."""
+    warm_up = getattr(meta_gradient, "warm_up", None)
+    return warm_up(batch) if warm_up is not None else ""
 
 
 def workload_fields(workload: Workload) -> dict:

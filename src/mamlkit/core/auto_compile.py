@@ -32,6 +32,7 @@ repeat bit for bit, pass ``compile="off"`` or ``"on"``.
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import shutil
@@ -117,6 +118,19 @@ def make_twin(learner: MetaLearner) -> MetaLearner:
     return twin
 
 
+class _Seen:
+    """How often a batch key came back, the eager seconds spent on it, the latest durations."""
+
+    def __init__(self) -> None:
+        self.count, self.total = 0, 0.0
+        self.recent: collections.deque[float] = collections.deque(maxlen=25)
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.recent.append(seconds)
+
+
 class AutoCompile:
     """The ``compile="auto"`` policy of one learner (see the module docstring)."""
 
@@ -132,7 +146,7 @@ class AutoCompile:
         self.backend: CompiledMetaGradient | None = None
         self.key: tuple | None = None
         self.fingerprint: tuple | None = None
-        self.seen: dict[tuple, list[float]] = {}
+        self.seen: dict[tuple, _Seen] = {}
         self.meta_batches_left: int | None = None
         self.meta_batches = 0
         self.compile_seconds: float | None = None
@@ -202,13 +216,12 @@ class AutoCompile:
         self.meta_batches += 1
         if self.declined or self._job is not None or self.backend is not None:
             return
-        key = batch_key(batch, mode)
-        times = self.seen.setdefault(key, [])
-        times.append(seconds)
-        if len(times) < self.repeats:
+        seen = self.seen.setdefault(batch_key(batch, mode), _Seen())
+        seen.add(seconds)
+        if seen.count < self.repeats:
             return
-        ahead = (sum(times) if self.meta_batches_left is None
-                 else self.meta_batches_left * statistics.median(times[-self.repeats:]))
+        ahead = (seen.total if self.meta_batches_left is None
+                 else self.meta_batches_left * statistics.median(seen.recent))
         if ahead < self.pays_after_s:
             return
         device = first_leaf(batch.query_y).device
@@ -224,7 +237,7 @@ class AutoCompile:
             self.declined = f"the learner cannot be copied ({type(error).__name__}: {error})"
             self.say(f"compile=auto: {self.declined}; running eagerly")
             return
-        self._start(twin, key, chunks, mode, threads)
+        self._start(twin, batch_key(batch, mode), chunks, mode, threads)
 
     def _start(self, twin: MetaLearner, key: tuple, chunks: list[TaskBatch], mode: str,
                threads: int) -> None:
