@@ -5,6 +5,8 @@ cannot serve."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from compile_checks import aot_eager_compile, broken_compile
@@ -139,6 +141,9 @@ def test_auto_stays_eager_and_says_why_where_compiling_cannot_serve(monkeypatch)
     hooked[0].register_forward_hook(lambda module, args, out: None)
     assert MAML(hooked).execution_summary(batch).endswith("(compile=auto: the model carries hooks)")
     monkeypatch.setattr(auto_compile.shutil, "which", lambda name: None)
+    # looked up once per process: a fresh cache for this test, the process's own restored after
+    monkeypatch.setattr(auto_compile, "compiler_missing",
+                        functools.cache(auto_compile.compiler_missing.__wrapped__))
     learner = MAML(_mlp(), inner_lr=0.3)
     learner.expect_meta_batches(10**9)
     for seed in range(AutoCompile.repeats + 1):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import logging
 import shutil
 import statistics
@@ -67,18 +68,20 @@ def compile_mode(value: bool | str) -> str:
                      f"got {value!r}.")
 
 
-def compiler_missing(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot build code for ``device`` here, or None."""
-    use_user_cache()  # before Inductor is imported, which settles its cache directory
+@functools.cache
+def compiler_missing(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot build code for devices of ``device_type`` here, or None
+    (looked up once per process)."""
+    use_user_cache()
     if not torch._dynamo.is_dynamo_supported():
         return "torch.compile does not support this Python"
-    if device.type == "cpu":
+    if device_type == "cpu":
         from torch._inductor import cpp_builder
 
         compiler = cpp_builder.get_cpp_compiler()
         if shutil.which(compiler) is None:
             return f"no C++ compiler ({compiler}) on the PATH"
-    elif device.type == "cuda":
+    elif device_type == "cuda":
         from torch.utils._triton import has_triton
 
         if not has_triton():
@@ -179,7 +182,7 @@ class AutoCompile:
             return "the model carries hooks"
         if learner.norms is not None and learner.batchnorm == "module":
             return "BatchNorm updates its running statistics (batchnorm='module')"
-        return compiler_missing(first_leaf(batch.query_y).device)
+        return compiler_missing(first_leaf(batch.query_y).device.type)
 
     def state(self, batch: TaskBatch, mode: str) -> str:
         """One phrase for the execution summary."""
