@@ -1,0 +1,125 @@
+"""Text experiments' models and their encoder-dependent defaults.
+
+``pretrained``: an MLP head on frozen sentence embeddings; ``bag`` / ``cnn``: trainable word
+encoders; ``last-layer`` / ``lora``: MiniLM's top layer(s) on cached lower-layer states, adapted
+whole or through low-rank adapters (Hu et al., 2022), with a linear head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit.config import TrainConfig, by_concern
+from mamlkit.core.learner import MetaLearner
+from mamlkit.experiments.common import build_learner
+from mamlkit.experiments.text_data import (
+    CACHED_STATE_ENCODERS,
+    TextTask,
+    pretrained_encoder,
+    top_layers,
+)
+
+HEAD_HIDDEN = 256
+"""Hidden width of the MLP head on frozen sentence embeddings."""
+BAG_EMBEDDING_DIM = 64
+"""Word-vector size of the bag and cnn encoders."""
+LORA_RANK = 8
+"""Rank of the LoRA adapters."""
+
+
+class EmbeddingHead(nn.Module):
+    """Meta-learned classifier on frozen sentence embeddings: Linear -> ReLU -> Linear.
+
+    The unit-norm embeddings are multiplied by ``sqrt(dim)`` so their coordinates have about unit
+    scale; the last ``nn.Linear`` (``output``) is the part ANIL adapts.
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = HEAD_HIDDEN) -> None:
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.hidden = nn.Linear(dim, hidden)
+        self.output = nn.Linear(hidden, num_classes)
+
+    def features(self, embeddings: Tensor) -> Tensor:
+        """Hidden features ``[batch, hidden]`` before the output layer."""
+        return torch.relu(self.hidden(self.scale * embeddings))
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """Logits ``[batch, num_classes]`` of embeddings ``[batch, dim]``."""
+        return self.output(self.features(embeddings))
+
+
+def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
+    """A freshly initialised model for ``config.encoder`` with ``config.ways`` outputs.
+
+    The last-layer model starts with a zero head: labels are permuted in every episode, so no
+    class-specific head can be meta-learned, and from zero one gradient step sets each class's
+    weights to its mean support feature minus the overall mean, a prototype classifier (the
+    "zero trick" of Triantafillou et al., 2020, Proto-MAML). A random head moves too little in a
+    few small steps for a transformer layer's step size.
+    """
+    if config.encoder == "pretrained":
+        return EmbeddingHead(int(task.features.shape[1]), config.ways)
+    if config.encoder == "bag":
+        from mamlkit.text.encoders import BagOfEmbeddingsClassifier
+
+        return BagOfEmbeddingsClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
+    if config.encoder == "cnn":
+        from mamlkit.text.encoders import TextCNNClassifier
+
+        return TextCNNClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
+    from mamlkit.text.last_layers import last_layers_from_pretrained
+
+    model = last_layers_from_pretrained(pretrained_encoder(), top_layers(config), config.ways)
+    if config.encoder == "lora":
+        from mamlkit.text.lora import add_lora
+
+        model = add_lora(model, rank=LORA_RANK)
+    with torch.no_grad():  # zero head: the first inner step makes it a prototype-like classifier
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
+
+
+def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
+    """``config.algo`` around ``model``; under ``batching=auto`` the cached-state encoders run
+    one task at a time (a transformer layer vmapped over a meta-batch needs gigabytes)."""
+    if config.encoder in CACHED_STATE_ENCODERS and config.batching == "auto":
+        overrides.setdefault("batching", "loop")
+    return build_learner(config, model, "cross_entropy", **overrides).to(config.device)
+
+
+def _learner_dir(run_dir: Path, config: TrainConfig) -> Path:
+    return run_dir / config.algo
+
+
+LAST_LAYER_DEFAULTS: dict[str, Any] = by_concern(
+    algorithm={"first_order": True, "inner_steps": 2, "inner_lr": 0.01},
+    loop={"meta_batch_size": 4, "val_tasks": 20, "val_every": 25, "checkpoint_every": 25,
+          "iterations": 200, "meta_lr": 3e-5},
+    evaluation={"eval_inner_steps": 5})
+"""Defaults of ``--encoder last-layer``: first-order MAML (second order through a transformer
+layer keeps every attention map of every inner step per task), smaller meta-batches and
+validation sets so a CPU run stays within memory, and an outer step size in the range used to
+fine-tune BERT (Devlin et al., 2019), since Adam at 1e-3 wrecks the pretrained layer within a
+few dozen steps. Options given explicitly still win (``--no-first-order`` for second order)."""
+
+
+LORA_DEFAULTS: dict[str, Any] = dict(LAST_LAYER_DEFAULTS)
+"""Defaults of ``--encoder lora``: those of ``last-layer``. A ten times larger outer step size
+(3e-4) lowered BANKING77 5-way 1-shot validation accuracy from 92.5% (iteration 25) to 76.6%
+(iteration 175): the rank-8 update ``2 B A`` then grows to a large fraction of the pretrained
+weights within a hundred steps."""
+
+
+def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults that depend on the encoder chosen (see :data:`LAST_LAYER_DEFAULTS`,
+    :data:`LORA_DEFAULTS`)."""
+    return dict({"last-layer": LAST_LAYER_DEFAULTS, "lora": LORA_DEFAULTS}.get(
+        chosen.get("encoder"), {}))
