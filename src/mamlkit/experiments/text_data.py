@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,12 +60,14 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-def cap_per_class(data: TextClassificationData, limit: int) -> TextClassificationData:
-    """``data`` with at most ``limit`` examples of each class, the first ones in file order
-    (``limit=0`` keeps everything)."""
+def cap_per_class(data: TextClassificationData, limit: int,
+                  classes: Collection[int] | None = None) -> TextClassificationData:
+    """``data`` with at most ``limit`` examples of each class in ``classes`` (default: every
+    class), the first ones in file order (``limit=0`` keeps everything)."""
     if limit == 0:
         return data
-    keep = sorted(i for rows in data.indices_by_class() for i in rows[:limit])
+    keep = sorted(i for c, rows in enumerate(data.indices_by_class())
+                  for i in (rows[:limit] if classes is None or c in classes else rows))
     return TextClassificationData(
         texts=[data.texts[i] for i in keep], labels=[data.labels[i] for i in keep],
         class_names=data.class_names, name=data.name,
@@ -189,8 +191,11 @@ def prepare_task(config: TrainConfig) -> TextTask:
     All checks run before the (possibly minutes-long) encoding step.
     """
     dataset = check_dataset_name(config.task)
-    data = cap_per_class(load_text_dataset(dataset, data_root(config)), config.max_per_class)
-    split = class_split(dataset, data)
+    data = load_text_dataset(dataset, data_root(config))
+    split = class_split(dataset, data)  # depends on the classes only, not on their sizes
+    capped = (None if config.max_per_class_splits == "all"
+              else set(split.validation) | set(split.test))
+    data = cap_per_class(data, config.max_per_class, capped)
     check_episode_sizes(dataset, data, split, config)
     vocab_size, info = 0, {}
     if config.encoder in ("bag", "cnn"):
