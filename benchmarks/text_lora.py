@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def run(args: list[str], log: Path) -> None:
@@ -74,68 +75,90 @@ def score_cached_state_run(run_dir: Path) -> dict[str, dict]:
                 logits = learner.predict(adapted, batch.query_x[i])
             scores.append((logits.argmax(-1) == batch.query_y[i]).float().mean())
     meta = mean_ci(torch.stack(scores))
-    proto, features = prototype_accuracies(config, task, learner, test)
-    proto_estimate = mean_ci(proto)
-    methods = {
-        "meta": {"label": f"{config.algo} ({config.eval_inner_steps} steps)", "mean": meta.mean,
-                 "ci95": meta.ci95, "n": meta.n},
-        "prototype": {"label": f"prototypes on {features}", "mean": proto_estimate.mean,
-                      "ci95": proto_estimate.ci95, "n": proto_estimate.n},
-    }
+    methods = {"meta": {"label": f"{config.algo} ({config.eval_inner_steps} steps)",
+                        **_estimate(meta)}}
+    for key, meta_learned in (("prototype", False), ("prototype_meta_learned", True)):
+        accuracies, features = prototype_accuracies(config, task, learner, test,
+                                                    meta_learned=meta_learned)
+        methods[key] = {"label": f"prototypes on {features}", **_estimate(mean_ci(accuracies))}
     (run_dir / "eval").mkdir(exist_ok=True)
     (run_dir / "eval" / "results.json").write_text(json.dumps({"methods": methods}, indent=2))
     return methods
 
 
+def _estimate(estimate: Any) -> dict[str, float]:
+    return {"mean": estimate.mean, "ci95": estimate.ci95, "n": estimate.n}
+
+
+METHODS = ("lora", "lora-protomaml", "pretrained")
+"""The runs per dataset: LoRA-MAML with a zero head, LoRA-ProtoMAML meta-trained on every
+example of the meta-train intents, the frozen-encoder MAML head."""
+
+
+def run_arguments(name: str, options: argparse.Namespace) -> tuple[list[str], str]:
+    """The ``mamlkit train`` options of method ``name`` and its label in the table."""
+    order = ["--no-first-order"] if options.second_order else []
+    budget = ["--iterations", "100000", "--time-budget-minutes", str(options.lora_minutes)]
+    kind = "2nd order" if options.second_order else "1st order"
+    if name == "lora":
+        return ["--encoder", "lora", *budget, *order], f"LoRA-MAML, zero head ({kind})"
+    if name == "lora-protomaml":
+        return (["--encoder", "lora", "--algo", "protomaml", "--meta-lr",
+                 str(options.protomaml_meta_lr), "--max-per-class-splits",
+                 options.protomaml_train_cap, *budget, *order],
+                f"LoRA-ProtoMAML ({kind}, meta-train cap: {options.protomaml_train_cap})")
+    return ["--encoder", "pretrained", "--iterations", "150"], "frozen-encoder MAML head"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["banking77", "clinc150"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-per-class", type=int, default=20)
     parser.add_argument("--lora-minutes", type=float, default=12.0)
+    parser.add_argument("--protomaml-meta-lr", type=float, default=1e-3)
+    parser.add_argument("--protomaml-train-cap", choices=("all", "eval"), default="eval",
+                        help="eval: --max-per-class caps only the meta-validation and meta-test "
+                             "intents (the same test episodes), meta-training reads all")
     parser.add_argument("--test-tasks", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--second-order", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("runs/text-lora"))
     options = parser.parse_args()
+    options.out.mkdir(parents=True, exist_ok=True)
     common = ["--max-per-class", str(options.max_per_class), "--test-tasks",
               str(options.test_tasks), "--threads", str(options.threads), "--overwrite"]
     rows = []
     for dataset in options.datasets:
-        runs = {
-            "lora": ["--encoder", "lora", "--iterations", "100000", "--time-budget-minutes",
-                     str(options.lora_minutes)] + (["--no-first-order"] if options.second_order
-                                                   else []),
-            "pretrained": ["--encoder", "pretrained", "--iterations", "150"],  # docs/text.md's
-        }
-        for name, extra in runs.items():
+        for name in options.methods:
+            extra, label = run_arguments(name, options)
             run_dir = options.out / f"{dataset}-{name}"
             train_log = options.out / f"{dataset}-{name}.log"
             if not (run_dir / "train_summary.json").is_file():
                 run(["train", dataset, "--run-dir", str(run_dir), "--no-eval", *common, *extra],
                     train_log)
-            if not (run_dir / "eval" / "results.json").is_file():  # a budget stop skips it
-                if name == "lora":
-                    score_cached_state_run(run_dir)
-                else:
+            if not (run_dir / "eval" / "results.json").is_file():
+                if name == "pretrained":
                     run(["eval", str(run_dir)], options.out / f"{dataset}-{name}-eval.log")
-            peak = peak_mib(train_log)
-            summary = json.loads((run_dir / "train_summary.json").read_text())["maml"]
+                else:
+                    score_cached_state_run(run_dir)
+            summary = json.loads((run_dir / "train_summary.json").read_text())
+            trained = next(v for k, v in summary.items() if k != "data")
             methods = json.loads((run_dir / "eval" / "results.json").read_text())["methods"]
-            per_iteration = summary["train_seconds"] / max(summary["iterations"], 1)
-            label = ("LoRA-MAML" + (" (2nd order)" if options.second_order else " (1st order)")
-                     if name == "lora" else "frozen-encoder MAML head")
-            rows.append((dataset, label, methods["meta"], per_iteration, summary["iterations"],
-                         peak))
-            proto = methods["prototype"]
-            rows.append((dataset, proto["label"], proto, None, 0, None))
-    print(f"{'dataset':<10} {'method':<58} {'accuracy %':>14} {'s/iter':>7} {'iters':>6} "
+            per_iteration = trained["train_seconds"] / max(trained["iterations"], 1)
+            rows.append((dataset, label, methods["meta"], per_iteration, trained["iterations"],
+                         peak_mib(train_log)))
+            for key in ("prototype", "prototype_meta_learned"):
+                if key in methods and (key != "prototype" or name != "lora-protomaml"):
+                    rows.append((dataset, methods[key]["label"], methods[key], None, 0, None))
+    print(f"{'dataset':<10} {'method':<62} {'accuracy %':>14} {'s/iter':>7} {'iters':>6} "
           f"{'peak MiB':>8}")
     for dataset, label, estimate, seconds, iterations, peak in rows:
         accuracy = f"{estimate['mean'] * 100:.2f} ± {estimate['ci95'] * 100:.2f}"
         timing = f"{seconds:7.2f}" if seconds is not None else f"{'-':>7}"
         memory = f"{peak:8d}" if peak is not None else f"{'-':>8}"
         count = f"{iterations:6d}" if iterations else f"{'-':>6}"
-        print(f"{dataset:<10} {label:<58} {accuracy:>14} {timing} {count} {memory}")
+        print(f"{dataset:<10} {label:<62} {accuracy:>14} {timing} {count} {memory}")
 
 
 if __name__ == "__main__":

@@ -66,11 +66,14 @@ from mamlkit.experiments.text_models import (
     HEAD_HIDDEN,
     LAST_LAYER_DEFAULTS,
     LORA_DEFAULTS,
+    LORA_PROTOMAML_DEFAULTS,
     LORA_RANK,
+    PROTOTYPE_HEAD_SCALE,
     EmbeddingHead,
     _learner_dir,
     build_model,
     derived_defaults,
+    feature_scale,
     make_learner,
 )
 from mamlkit.tasks.base import TaskBatch
@@ -81,12 +84,13 @@ if TYPE_CHECKING:
 
 __all__ = [  # the data and model pieces live in text_data / text_models; re-exported here
     "BAG_EMBEDDING_DIM", "BANKING77", "CACHED_STATE_ENCODERS", "CLINC150", "FEWREL",
-    "HEAD_HIDDEN", "LAST_LAYER_DEFAULTS", "LORA_DEFAULTS", "LORA_LAYERS", "LORA_RANK",
-    "SPLIT_SEED", "EmbeddingHead", "TextTask", "build_model", "cap_per_class",
-    "check_dataset_name", "check_episode_sizes", "class_split", "data_root", "derived_defaults",
-    "embedding_cache_dir", "evaluate", "load_learner", "lower_layer_states", "make_learner",
-    "prepare_task", "pretrained_encoder", "sentence_embeddings", "timed_cached", "top_layers",
-    "train",
+    "HEAD_HIDDEN", "LAST_LAYER_DEFAULTS", "LORA_DEFAULTS", "LORA_LAYERS",
+    "LORA_PROTOMAML_DEFAULTS", "LORA_RANK", "PROTOTYPE_HEAD_SCALE", "SPLIT_SEED",
+    "EmbeddingHead", "TextTask", "build_model", "cap_per_class", "check_dataset_name",
+    "check_episode_sizes", "class_split", "data_root", "derived_defaults",
+    "embedding_cache_dir", "evaluate", "feature_episodes", "feature_scale", "load_learner",
+    "lower_layer_states", "make_learner", "prepare_task", "pretrained_encoder",
+    "sentence_embeddings", "timed_cached", "top_layers", "train",
 ]
 
 FINE_TUNE_LRS = FINE_TUNE_RATES["text"]
@@ -160,35 +164,45 @@ def accuracy_curves(learner: MetaLearner, episodes: Iterable[TaskBatch], steps: 
     return protocol.curves(learner, episodes, steps, device)["query_accuracy"]
 
 
-def _frozen_feature_batch(model: nn.Module, batch: TaskBatch) -> TaskBatch:
-    with torch.no_grad():
-        def encode(x: Tensor) -> Tensor:
-            flat = x.reshape(-1, *x.shape[2:])
-            return model.features(flat).reshape(x.shape[0], x.shape[1], -1)
+def feature_episodes(model: nn.Module, task: TextTask, config: TrainConfig, split: str,
+                     episodes: FixedEpisodes) -> FixedEpisodes:
+    """``episodes`` (drawn from the ``split`` classes) with every text replaced by
+    ``model.features`` of it, each text encoded once (not once per episode that holds it)."""
+    from mamlkit.datasets.episodic import FixedEpisodes
+    from mamlkit.text.episodes import ClassGroups
 
-        return TaskBatch(encode(batch.support_x), batch.support_y, encode(batch.query_x),
-                         batch.query_y, info=batch.info)
+    groups = task.groups[split]
+    model = model.to(config.device).eval()
+    with torch.no_grad():
+        tensors = [model.features(t.to(config.device)).cpu() for t in groups.tensors]
+    features = ClassGroups(tensors, groups.class_ids, groups.class_names)
+    sampler = features.sampler(config.ways, config.shots, config.queries)
+    return FixedEpisodes(sampler, episodes.indices, EVAL_META_BATCH)
 
 
 def prototype_accuracies(config: TrainConfig, task: TextTask, learner: MetaLearner,
-                         episodes: Iterable[TaskBatch]) -> tuple[Tensor, str]:
-    """Nearest-prototype query accuracy per episode and a description of the features used.
+                         episodes: FixedEpisodes, split: str = "test",
+                         meta_learned: bool = False) -> tuple[Tensor, str]:
+    """Nearest-prototype query accuracy per episode of ``split`` and a description of the
+    features used.
 
     Frozen MiniLM embeddings for ``pretrained``; the frozen encoder's pooled output for
-    ``last-layer`` (the un-meta-trained layer); the meta-trained encoder's features for
-    ``bag``/``cnn``, which have no pretrained features.
+    ``last-layer`` and ``lora`` (the un-meta-trained layer), or with ``meta_learned`` the
+    meta-learned layer's (adapters') output without adaptation; the meta-trained encoder's
+    features for ``bag``/``cnn``, which have no pretrained features.
     """
     from mamlkit.text.baselines import prototype_accuracy
 
     if config.encoder == "pretrained":
         return torch.cat([prototype_accuracy(b) for b in episodes]), "frozen MiniLM embeddings"
-    if config.encoder in CACHED_STATE_ENCODERS:  # adapters start at zero: the frozen encoder
-        frozen = build_model(config, task).to(config.device).eval()
-        return (torch.cat([prototype_accuracy(_frozen_feature_batch(frozen, b.to(config.device)))
-                           .cpu() for b in episodes]), "frozen MiniLM (last layer not adapted)")
-    model = learner.model.eval()
-    return (torch.cat([prototype_accuracy(_frozen_feature_batch(model, b.to(config.device))).cpu()
-                       for b in episodes]), f"meta-trained {config.encoder} encoder features")
+    if config.encoder in CACHED_STATE_ENCODERS and not meta_learned:
+        model, label = build_model(config, task), "frozen MiniLM (last layer not adapted)"
+    elif config.encoder in CACHED_STATE_ENCODERS:
+        model, label = learner.model, f"meta-learned {config.encoder} features, no adaptation"
+    else:
+        model, label = learner.model, f"meta-trained {config.encoder} encoder features"
+    batches = feature_episodes(model, task, config, split, episodes)
+    return torch.cat([prototype_accuracy(b) for b in batches]), label
 
 
 def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: FixedEpisodes,
@@ -226,7 +240,8 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     init, all on the same episodes; printed, and saved to ``run_dir/eval/``.
 
     ``results["methods"]`` holds the estimates under stable keys (``meta``,
-    ``meta_no_adaptation``, ``prototype``, ``fine_tune``); ``results["accuracy"]`` the same under
+    ``meta_no_adaptation``, ``prototype``, ``prototype_meta_learned`` for the cached-state
+    encoders, ``fine_tune``); ``results["accuracy"]`` the same under
     readable labels.
     """
     setup_torch(config)
@@ -246,6 +261,11 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     if baselines:
         proto, proto_features = prototype_accuracies(config, task, learner, test)
         rows["prototype"] = (f"prototypes on {proto_features}", mean_ci(proto))
+        if config.encoder in CACHED_STATE_ENCODERS:
+            learned, learned_features = prototype_accuracies(config, task, learner, test,
+                                                             meta_learned=True)
+            rows["prototype_meta_learned"] = (f"prototypes on {learned_features}",
+                                              mean_ci(learned))
         val = _episodes(task, config, "validation", config.val_tasks, VAL_SEED)
         fine_tune, fine_tune_info = fine_tune_accuracies(config, task, val, test)
         rows["fine_tune"] = (f"fine-tune from random init ({count(fine_tune_info['steps'], 'step')}, "

@@ -31,6 +31,14 @@ BAG_EMBEDDING_DIM = 64
 """Word-vector size of the bag and cnn encoders."""
 LORA_RANK = 8
 """Rank of the LoRA adapters."""
+PROTOTYPE_HEAD_SCALE = 3.0
+"""Feature scale under ProtoMAML. Its head starts at ``W_k = 2 c_k``, ``b_k = -||c_k||^2`` on
+features of norm ``s``, so in 1-shot episodes the logits are ``2 s^2 cos(f, f_k)`` plus a common
+term: 18 cosines at ``s = 3`` (a softmax temperature of about 0.06, the range contrastive sentence
+encoders train with), 200 at ``s = 10``, where the softmax is almost hard and the few misranked
+queries dominate the gradient. On BANKING77 meta-validation episodes (LoRA, 50 meta-iterations,
+Adam 1e-3) ``s = 3`` raised the prototypes' accuracy on the learned features by 1.1 points, ``s =
+10`` by at most 0.8 and often not at all."""
 
 
 class EmbeddingHead(nn.Module):
@@ -76,7 +84,8 @@ def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
         return TextCNNClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
     from mamlkit.text.last_layers import last_layers_from_pretrained
 
-    model = last_layers_from_pretrained(pretrained_encoder(), top_layers(config), config.ways)
+    model = last_layers_from_pretrained(pretrained_encoder(), top_layers(config), config.ways,
+                                        feature_scale(config))
     if config.encoder == "lora":
         from mamlkit.text.lora import add_lora
 
@@ -85,6 +94,13 @@ def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
         model.head.weight.zero_()
         model.head.bias.zero_()
     return model
+
+
+def feature_scale(config: TrainConfig) -> float:
+    """The factor on the unit-norm features of the cached-state models before their head:
+    :data:`PROTOTYPE_HEAD_SCALE` under ProtoMAML, else 10 (see
+    :class:`~mamlkit.text.last_layers.LastLayersClassifier`)."""
+    return PROTOTYPE_HEAD_SCALE if config.algo == "protomaml" else 10.0
 
 
 def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
@@ -118,8 +134,18 @@ LORA_DEFAULTS: dict[str, Any] = dict(LAST_LAYER_DEFAULTS)
 weights within a hundred steps."""
 
 
+LORA_PROTOMAML_DEFAULTS: dict[str, Any] = {**LORA_DEFAULTS, "meta_lr": 1e-3}
+"""Defaults of ``--encoder lora --algo protomaml``: those of ``lora`` with Adam at 1e-3. The
+prototype-initialised head passes the outer gradient to the adapters through the prototypes
+(the features themselves are trained to separate the episode's classes), and at this rate the
+prototypes on the learned features gain on meta-validation episodes within 50 meta-iterations,
+where 3e-5 hardly moves the adapters."""
+
+
 def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults that depend on the encoder chosen (see :data:`LAST_LAYER_DEFAULTS`,
-    :data:`LORA_DEFAULTS`)."""
+    """Defaults that depend on the encoder and algorithm chosen (see
+    :data:`LAST_LAYER_DEFAULTS`, :data:`LORA_DEFAULTS`, :data:`LORA_PROTOMAML_DEFAULTS`)."""
+    if chosen.get("encoder") == "lora" and chosen.get("algo") == "protomaml":
+        return dict(LORA_PROTOMAML_DEFAULTS)
     return dict({"last-layer": LAST_LAYER_DEFAULTS, "lora": LORA_DEFAULTS}.get(
         chosen.get("encoder"), {}))
