@@ -11,6 +11,7 @@ import pytest
 from mamlkit.cli import main
 from mamlkit.config import make_config
 from mamlkit.experiments import text
+from mamlkit.text.lora import LoRALinear
 
 TINY = ["--iterations", "2", "--meta-batch-size", "2", "--val-every", "2", "--val-tasks", "2",
         "--checkpoint-every", "2", "--test-tasks", "2", "--inner-steps", "1",
@@ -43,4 +44,7 @@ def test_lora_protomaml_trains_with_its_defaults_and_loads(tmp_path, data_root) 
     learner = text.load_learner(config, text.prepare_task(config), run)
     assert type(learner).__name__ == "ProtoMAML" and learner.first_order
     assert learner.model.scale == text.PROTOTYPE_HEAD_SCALE
+    layer = learner.model.layers[0]
+    assert all(isinstance(getattr(layer, name), LoRALinear)
+               for name in text.LORA_PROTOMAML_TARGETS)
     assert json.loads((run / "train_summary.json").read_text())["protomaml"]["iterations"] == 2

@@ -67,6 +67,7 @@ from mamlkit.experiments.text_models import (
     LAST_LAYER_DEFAULTS,
     LORA_DEFAULTS,
     LORA_PROTOMAML_DEFAULTS,
+    LORA_PROTOMAML_TARGETS,
     LORA_RANK,
     PROTOTYPE_HEAD_SCALE,
     EmbeddingHead,
@@ -74,6 +75,7 @@ from mamlkit.experiments.text_models import (
     build_model,
     derived_defaults,
     feature_scale,
+    lora_targets,
     make_learner,
 )
 from mamlkit.tasks.base import TaskBatch
@@ -85,10 +87,12 @@ if TYPE_CHECKING:
 __all__ = [  # the data and model pieces live in text_data / text_models; re-exported here
     "BAG_EMBEDDING_DIM", "BANKING77", "CACHED_STATE_ENCODERS", "CLINC150", "FEWREL",
     "HEAD_HIDDEN", "LAST_LAYER_DEFAULTS", "LORA_DEFAULTS", "LORA_LAYERS",
-    "LORA_PROTOMAML_DEFAULTS", "LORA_RANK", "PROTOTYPE_HEAD_SCALE", "SPLIT_SEED",
+    "LORA_PROTOMAML_DEFAULTS",
+    "LORA_PROTOMAML_TARGETS", "LORA_RANK", "PROTOTYPE_HEAD_SCALE", "SPLIT_SEED",
     "EmbeddingHead", "TextTask", "build_model", "cap_per_class", "check_dataset_name",
     "check_episode_sizes", "class_split", "data_root", "derived_defaults",
     "embedding_cache_dir", "evaluate", "feature_episodes", "feature_scale", "load_learner",
+    "lora_targets",
     "lower_layer_states", "make_learner", "prepare_task", "pretrained_encoder",
     "sentence_embeddings", "timed_cached", "top_layers", "train",
 ]

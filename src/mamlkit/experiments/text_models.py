@@ -24,6 +24,7 @@ from mamlkit.experiments.text_data import (
     pretrained_encoder,
     top_layers,
 )
+from mamlkit.text.lora import LORA_TARGETS
 
 HEAD_HIDDEN = 256
 """Hidden width of the MLP head on frozen sentence embeddings."""
@@ -31,6 +32,12 @@ BAG_EMBEDDING_DIM = 64
 """Word-vector size of the bag and cnn encoders."""
 LORA_RANK = 8
 """Rank of the LoRA adapters."""
+LORA_PROTOMAML_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+"""Projections with adapters under ProtoMAML: all six linear maps of the layer. On BANKING77
+meta-validation episodes (400, one layer, rank 8, 50 meta-iterations) the prototypes on the learned
+features gained 1.9 points with them and 0.6 with query and value only; the outer gradient
+through the prototypes trains the features themselves, and the feed-forward block holds two thirds
+of the layer's weights."""
 PROTOTYPE_HEAD_SCALE = 3.0
 """Feature scale under ProtoMAML. Its head starts at ``W_k = 2 c_k``, ``b_k = -||c_k||^2`` on
 features of norm ``s``, so in 1-shot episodes the logits are ``2 s^2 cos(f, f_k)`` plus a common
@@ -89,7 +96,7 @@ def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
     if config.encoder == "lora":
         from mamlkit.text.lora import add_lora
 
-        model = add_lora(model, rank=LORA_RANK)
+        model = add_lora(model, lora_targets(config), rank=LORA_RANK)
     with torch.no_grad():  # zero head: the first inner step makes it a prototype-like classifier
         model.head.weight.zero_()
         model.head.bias.zero_()
@@ -101,6 +108,12 @@ def feature_scale(config: TrainConfig) -> float:
     :data:`PROTOTYPE_HEAD_SCALE` under ProtoMAML, else 10 (see
     :class:`~mamlkit.text.last_layers.LastLayersClassifier`)."""
     return PROTOTYPE_HEAD_SCALE if config.algo == "protomaml" else 10.0
+
+
+def lora_targets(config: TrainConfig) -> tuple[str, ...]:
+    """The projections of each adapted layer that get LoRA adapters: every linear map of the layer
+    under ProtoMAML (:data:`LORA_PROTOMAML_TARGETS`), query and value otherwise."""
+    return LORA_PROTOMAML_TARGETS if config.algo == "protomaml" else LORA_TARGETS
 
 
 def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
