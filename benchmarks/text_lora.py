@@ -1,22 +1,28 @@
-"""LoRA-MAML inside MiniLM vs the frozen-encoder MAML head vs prototypes, few-shot intents.
+"""LoRA inside MiniLM (MAML with a zero head, ProtoMAML) vs the frozen-encoder MAML head vs
+prototypes, few-shot intents.
 
-For each dataset, two runs of the ``mamlkit`` CLI on the same capped data and the same fixed
+For each dataset, runs of the ``mamlkit`` CLI on the same capped data and the same fixed
 meta-test episodes (``--test-tasks``, drawn with the experiment's test seed, so every method is
 scored on identical episodes):
 
-- ``--encoder lora``: LoRA adapters in MiniLM's top layer + a zero-initialised head, meta-learned
-  with MAML on cached lower-layer states (first order unless ``--second-order``), under a time
-  budget; its evaluation also scores prototypes on the frozen MiniLM features;
-- ``--encoder pretrained``: the frozen-encoder MLP head meta-learned with MAML, and prototypes on
-  frozen MiniLM sentence embeddings.
+- ``lora``: LoRA adapters (query, value) in MiniLM's top layer + a zero-initialised head,
+  meta-learned with first-order MAML on cached lower-layer states, under a time budget;
+- ``lora-protomaml``: ``--encoder lora --algo protomaml``: adapters in all six linear maps of the
+  top layer, the head set from the support prototypes in every episode (Triantafillou et al.,
+  2020), Adam 1e-3, under the same budget; with ``--protomaml-train-cap eval`` (the default) the
+  cap applies to the meta-validation and meta-test intents only, so the test episodes are the
+  same and meta-training reads every example of the meta-train intents;
+- ``pretrained``: the frozen-encoder MLP head meta-learned with MAML, and prototypes on frozen
+  MiniLM sentence embeddings.
 
-Each run trains (``--no-eval``), then ``mamlkit eval`` scores it; both are wrapped in
-``/usr/bin/time -v``, and the table gives the training process's peak resident memory (model,
-data and cache included). Prints a table: accuracy ± 95% CI, seconds per meta-iteration (training
-time / iterations, validation excluded) and peak memory.
+Each run trains (``--no-eval``) under ``/usr/bin/time -v`` (the table gives the training process's
+peak resident memory: model, data and cache included); the frozen head is scored by ``mamlkit
+eval``, the cached-state runs by :func:`score_cached_state_run`. A run folder that already holds
+its results is read, not rerun. Prints a table: accuracy ± 95% CI, seconds per meta-iteration
+(training time / iterations, validation excluded), meta-iterations and peak memory.
 
     HF_HUB_OFFLINE=1 MAMLKIT_DATA=/path/to/data nice -n 10 python benchmarks/text_lora.py \\
-        --datasets banking77 clinc150 --max-per-class 20 --lora-minutes 12 --out runs/text-lora
+        --datasets banking77 clinc150 --max-per-class 20 --lora-minutes 10 --out runs/text-lora
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ def peak_mib(log: Path) -> int:
 
 def score_cached_state_run(run_dir: Path) -> dict[str, dict]:
     """The meta-learned model's query accuracy after ``eval_inner_steps`` adaptation steps, and
-    the prototypes' on the frozen encoder, over the run's fixed meta-test episodes; the same
-    numbers as ``mamlkit eval``'s ``meta`` and ``prototype`` rows, without its fine-tune baseline
+    the prototypes' on the frozen encoder and on the meta-learned features, over the run's fixed
+    meta-test episodes; the same numbers as ``mamlkit eval``'s ``meta``, ``prototype`` and
+    ``prototype_meta_learned`` rows, without its fine-tune baseline
     and without scoring every intermediate step (a transformer layer per step and episode is
     slow on a shared CPU). Written to ``run_dir/eval/results.json``."""
     import torch

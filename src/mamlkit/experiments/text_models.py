@@ -43,9 +43,10 @@ PROTOTYPE_HEAD_SCALE = 3.0
 features of norm ``s``, so in 1-shot episodes the logits are ``2 s^2 cos(f, f_k)`` plus a common
 term: 18 cosines at ``s = 3`` (a softmax temperature of about 0.06, the range contrastive sentence
 encoders train with), 200 at ``s = 10``, where the softmax is almost hard and the few misranked
-queries dominate the gradient. On BANKING77 meta-validation episodes (LoRA, 50 meta-iterations,
-Adam 1e-3) ``s = 3`` raised the prototypes' accuracy on the learned features by 1.1 points, ``s =
-10`` by at most 0.8 and often not at all."""
+queries dominate the gradient. On BANKING77 meta-validation episodes (adapters on query and
+value, Adam 1e-3, 20 examples per class) the prototypes on the learned features gained 0.9, 1.1
+and 1.2 points at 25, 50 and 75 meta-iterations with ``s = 3``, between -1.3 and +0.8 with ``s =
+10`` (three runs: Adam 1e-3 and 3e-3, capped and uncapped meta-training)."""
 
 
 class EmbeddingHead(nn.Module):
