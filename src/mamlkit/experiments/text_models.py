@@ -35,7 +35,7 @@ LORA_RANK = 8
 LORA_PROTOMAML_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
 """Projections with adapters under ProtoMAML: all six linear maps of the layer. On BANKING77
 meta-validation episodes (400, one layer, rank 8, 50 meta-iterations) the prototypes on the learned
-features gained 1.9 points with them and 0.6 with query and value only; the outer gradient
+features gained 1.9 points with them and 0.9 with query and value only; the outer gradient
 through the prototypes trains the features themselves, and the feed-forward block holds two thirds
 of the layer's weights."""
 PROTOTYPE_HEAD_SCALE = 3.0
