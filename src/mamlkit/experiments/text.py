@@ -16,7 +16,10 @@ seen in meta-training. Four encoders (``--encoder``):
 - ``lora``: LoRA adapters (Hu et al., 2022) in the query and value projections of MiniLM's last
   :data:`LORA_LAYERS` layers, on cached lower-layer states; every pretrained weight is frozen, so
   only the adapters and the head are adapted and meta-learned (``adapt=None`` selects what
-  requires grad). First-order by default, ``--no-first-order`` for second order.
+  requires grad). First-order by default, ``--no-first-order`` for second order. With
+  ``--algo protomaml`` (Triantafillou et al., 2020) the head starts every episode from the
+  support prototypes and all six linear maps of the layer get adapters
+  (:mod:`mamlkit.experiments.text_models`).
 
 Evaluation (``mamlkit eval RUN_DIR``) scores the meta-learned model and two baselines on the same
 fixed meta-test episodes (``test_tasks``, 600 by default), as mean query accuracy with a 95%
@@ -87,13 +90,11 @@ if TYPE_CHECKING:
 __all__ = [  # the data and model pieces live in text_data / text_models; re-exported here
     "BAG_EMBEDDING_DIM", "BANKING77", "CACHED_STATE_ENCODERS", "CLINC150", "FEWREL",
     "HEAD_HIDDEN", "LAST_LAYER_DEFAULTS", "LORA_DEFAULTS", "LORA_LAYERS",
-    "LORA_PROTOMAML_DEFAULTS",
-    "LORA_PROTOMAML_TARGETS", "LORA_RANK", "PROTOTYPE_HEAD_SCALE", "SPLIT_SEED",
-    "EmbeddingHead", "TextTask", "build_model", "cap_per_class", "check_dataset_name",
-    "check_episode_sizes", "class_split", "data_root", "derived_defaults",
+    "LORA_PROTOMAML_DEFAULTS", "LORA_PROTOMAML_TARGETS", "LORA_RANK", "PROTOTYPE_HEAD_SCALE",
+    "SPLIT_SEED", "EmbeddingHead", "TextTask", "build_model", "cap_per_class",
+    "check_dataset_name", "check_episode_sizes", "class_split", "data_root", "derived_defaults",
     "embedding_cache_dir", "evaluate", "feature_episodes", "feature_scale", "load_learner",
-    "lora_targets",
-    "lower_layer_states", "make_learner", "prepare_task", "pretrained_encoder",
+    "lora_targets", "lower_layer_states", "make_learner", "prepare_task", "pretrained_encoder",
     "sentence_embeddings", "timed_cached", "top_layers", "train",
 ]
 

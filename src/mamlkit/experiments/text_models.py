@@ -152,8 +152,8 @@ LORA_PROTOMAML_DEFAULTS: dict[str, Any] = {**LORA_DEFAULTS, "meta_lr": 1e-3}
 """Defaults of ``--encoder lora --algo protomaml``: those of ``lora`` with Adam at 1e-3. The
 prototype-initialised head passes the outer gradient to the adapters through the prototypes
 (the features themselves are trained to separate the episode's classes), and at this rate the
-prototypes on the learned features gain on meta-validation episodes within 50 meta-iterations,
-where 3e-5 hardly moves the adapters."""
+prototypes on the learned features gain on meta-validation episodes within 50 meta-iterations
+(at the lora default of 3e-5 the zero-head MAML run's adapters hardly moved in 120)."""
 
 
 def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
