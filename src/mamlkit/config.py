@@ -142,6 +142,9 @@ class TrainConfig:
     """Tokens kept per text (bag, cnn and last-layer encoders)."""
     max_per_class: int = 0
     """Use at most this many examples of each class, in file order (0 = all; for quick runs)."""
+    max_per_class_splits: str = "all"
+    """Which classes ``max_per_class`` caps (text tasks): all, or eval (the meta-validation and
+    meta-test classes only; meta-training reads every example of its classes)."""
     notes: str = ""
     """Free-form notes kept with the run in config.json (what it is for, what changed)."""
     log_every: int = 10

@@ -118,11 +118,13 @@ CONCERNS: dict[str, Concern] = {
     "data": Concern(
         "the task stream: task family, episode shape, dataset files and their preprocessing",
         ("task", "ways", "shots", "queries", "trajectories", "data_root", "download",
-         "class_split", "encoder", "cache_dir", "max_tokens", "max_per_class", "image_size",
-         "channels", "invert", "normalize", "workers", "on_bad_image"),
+         "class_split", "encoder", "cache_dir", "max_tokens", "max_per_class",
+         "max_per_class_splits", "image_size", "channels", "invert", "normalize", "workers",
+         "on_bad_image"),
         at_least_one=("shots", "queries", "trajectories"),
         non_negative={"image_size": "", "workers": "", "max_per_class": " (0 = all examples)"},
-        choices={"on_bad_image": ("stop", "skip"), "channels": (0, 1, 3)}, check=_check_data),
+        choices={"on_bad_image": ("stop", "skip"), "channels": (0, 1, 3),
+                 "max_per_class_splits": ("all", "eval")}, check=_check_data),
     "execution": Concern(
         "where and how the computation runs; never changes what is computed beyond rounding",
         ("device", "batching", "amp", "chunk_size", "compile", "threads", "task_threads"),

@@ -16,7 +16,10 @@ seen in meta-training. Four encoders (``--encoder``):
 - ``lora``: LoRA adapters (Hu et al., 2022) in the query and value projections of MiniLM's last
   :data:`LORA_LAYERS` layers, on cached lower-layer states; every pretrained weight is frozen, so
   only the adapters and the head are adapted and meta-learned (``adapt=None`` selects what
-  requires grad). First-order by default, ``--no-first-order`` for second order.
+  requires grad). First-order by default, ``--no-first-order`` for second order. With
+  ``--algo protomaml`` (Triantafillou et al., 2020) the head starts every episode from the
+  support prototypes and all six linear maps of the layer get adapters
+  (:mod:`mamlkit.experiments.text_models`).
 
 Evaluation (``mamlkit eval RUN_DIR``) scores the meta-learned model and two baselines on the same
 fixed meta-test episodes (``test_tasks``, 600 by default), as mean query accuracy with a 95%
@@ -28,14 +31,9 @@ Classification").
 
 from __future__ import annotations
 
-import datetime
-import functools
 import json
-import math
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,24 +44,60 @@ from mamlkit.config import TrainConfig, by_concern
 from mamlkit.core.learner import MetaLearner
 from mamlkit.evaluate import Estimate, mean_ci
 from mamlkit.experiments import Experiment, protocol
-from mamlkit.experiments.common import baseline_settings, build_learner, save_config, setup_torch
+from mamlkit.experiments.common import baseline_settings, save_config, setup_torch
 from mamlkit.experiments.protocol import FINE_TUNE_RATES, TEST_SEED, VAL_SEED
+from mamlkit.experiments.text_data import (
+    CACHED_STATE_ENCODERS,
+    LORA_LAYERS,
+    SPLIT_SEED,
+    TextTask,
+    cap_per_class,
+    check_dataset_name,
+    check_episode_sizes,
+    class_split,
+    data_root,
+    embedding_cache_dir,
+    lower_layer_states,
+    prepare_task,
+    pretrained_encoder,
+    sentence_embeddings,
+    timed_cached,
+    top_layers,
+)
+from mamlkit.experiments.text_models import (
+    BAG_EMBEDDING_DIM,
+    HEAD_HIDDEN,
+    LAST_LAYER_DEFAULTS,
+    LORA_DEFAULTS,
+    LORA_PROTOMAML_DEFAULTS,
+    LORA_PROTOMAML_TARGETS,
+    LORA_RANK,
+    PROTOTYPE_HEAD_SCALE,
+    EmbeddingHead,
+    _learner_dir,
+    build_model,
+    derived_defaults,
+    feature_scale,
+    lora_targets,
+    make_learner,
+)
 from mamlkit.tasks.base import TaskBatch
-from mamlkit.text.data import TextClassificationData
-from mamlkit.text.episodes import ClassGroups, split_class_groups
-from mamlkit.text.registry import TEXT_DATASETS, load_text_dataset
-from mamlkit.text.splits import ClassSplit, default_class_split
 from mamlkit.wording import count
 
 if TYPE_CHECKING:
-    from mamlkit.datasets.episodic import EpisodeSampler, FixedEpisodes
+    from mamlkit.datasets.episodic import FixedEpisodes
 
-SPLIT_SEED = 0
-"""Seed of the class split: fixed, so every run of a dataset is scored on the same classes."""
-HEAD_HIDDEN = 256
-"""Hidden width of the MLP head on frozen sentence embeddings."""
-BAG_EMBEDDING_DIM = 64
-"""Word-vector size of the bag and cnn encoders."""
+__all__ = [  # the data and model pieces live in text_data / text_models; re-exported here
+    "BAG_EMBEDDING_DIM", "BANKING77", "CACHED_STATE_ENCODERS", "CLINC150", "FEWREL",
+    "HEAD_HIDDEN", "LAST_LAYER_DEFAULTS", "LORA_DEFAULTS", "LORA_LAYERS",
+    "LORA_PROTOMAML_DEFAULTS", "LORA_PROTOMAML_TARGETS", "LORA_RANK", "PROTOTYPE_HEAD_SCALE",
+    "SPLIT_SEED", "EmbeddingHead", "TextTask", "build_model", "cap_per_class",
+    "check_dataset_name", "check_episode_sizes", "class_split", "data_root", "derived_defaults",
+    "embedding_cache_dir", "evaluate", "feature_episodes", "feature_scale", "load_learner",
+    "lora_targets", "lower_layer_states", "make_learner", "prepare_task", "pretrained_encoder",
+    "sentence_embeddings", "timed_cached", "top_layers", "train",
+]
+
 FINE_TUNE_LRS = FINE_TUNE_RATES["text"]
 """Step sizes tried for the fine-tune-from-random-init baseline (chosen on validation episodes)."""
 FINE_TUNE_STEP_FACTOR = 10
@@ -73,258 +107,7 @@ meta-learned one; the last-layer encoder gets ``eval_inner_steps``, as a transfo
 step and episode is slow on a CPU."""
 EVAL_META_BATCH = 100
 """Episodes scored at once in evaluation (8 for the last-layer and lora encoders)."""
-CACHED_STATE_ENCODERS = ("last-layer", "lora")
-"""Encoders that run MiniLM's top layer(s) on cached states of its frozen lower layers."""
-LORA_LAYERS = 1
-"""MiniLM layers (from the top) that get LoRA adapters under ``--encoder lora``."""
-LORA_RANK = 8
-"""Rank of the LoRA adapters."""
 
-
-# ---------------------------------------------------------------------------------------- data
-def data_root(config: TrainConfig) -> Path:
-    """The datasets folder: ``config.data_root``, else ``$MAMLKIT_DATA``; a clear error if neither
-    is set or the folder does not exist."""
-    root = config.data_root or os.environ.get("MAMLKIT_DATA", "")
-    if not root:
-        raise FileNotFoundError(
-            "no data folder given: pass --data-root FOLDER (holding banking77/, clinc150/, "
-            "fewrel/) or set the MAMLKIT_DATA environment variable.")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"data folder {path} does not exist; pass --data-root pointing at "
-                                "the folder that holds banking77/, clinc150/ and fewrel/.")
-    return path
-
-
-def check_dataset_name(name: str) -> str:
-    """``name`` if it is a known text dataset; ``ValueError`` listing the known ones otherwise."""
-    if name not in TEXT_DATASETS:
-        raise ValueError(f"unknown text dataset {name!r}; known datasets: "
-                         f"{', '.join(sorted(TEXT_DATASETS))}.")
-    return name
-
-
-def cap_per_class(data: TextClassificationData, limit: int) -> TextClassificationData:
-    """``data`` with at most ``limit`` examples of each class, the first ones in file order
-    (``limit=0`` keeps everything)."""
-    if limit == 0:
-        return data
-    keep = sorted(i for rows in data.indices_by_class() for i in rows[:limit])
-    return TextClassificationData(
-        texts=[data.texts[i] for i in keep], labels=[data.labels[i] for i in keep],
-        class_names=data.class_names, name=data.name,
-        parts=[data.parts[i] for i in keep] if data.parts else [],
-        class_groups=data.class_groups, class_descriptions=data.class_descriptions)
-
-
-def class_split(dataset: str, data: TextClassificationData) -> ClassSplit:
-    """The meta-train / validation / test classes used by the ``dataset`` experiment."""
-    return default_class_split(data, SPLIT_SEED)
-
-
-def check_episode_sizes(dataset: str, data: TextClassificationData, split: ClassSplit,
-                        config: TrainConfig) -> None:
-    """Raise ``ValueError`` (before any encoding) when a split has fewer classes than ``ways`` or a
-    class has fewer examples than ``shots + queries``, naming the class and the fix."""
-    counts = data.class_counts()
-    need = config.shots + config.queries
-    for name in ("train", "validation", "test"):
-        classes = split.classes(name)
-        if len(classes) < config.ways:
-            raise ValueError(
-                f"ways={config.ways} but the meta-{name} split of {dataset} has only "
-                f"{len(classes)} classes; use --ways {len(classes)} or fewer.")
-        short = [c for c in classes if counts[c] < need]
-        if short:
-            smallest = min(counts[c] for c in classes)
-            capped = (f" (--max-per-class {config.max_per_class} keeps at most that many; raise "
-                      "it)" if config.max_per_class else "")
-            raise ValueError(
-                f"{dataset}: class {data.class_names[short[0]]!r} of the meta-{name} split has "
-                f"{counts[short[0]]} examples but shots + queries = {config.shots} + "
-                f"{config.queries} = {need} are needed{capped}. Lower --shots/--queries so that "
-                f"shots + queries <= {smallest}.")
-
-
-# ---------------------------------------------------------------------------------- features
-def embedding_cache_dir(config: TrainConfig) -> Path:
-    """Where cached encoder outputs go: ``config.cache_dir`` or the library default."""
-    from mamlkit.text.embedding_cache import default_cache_dir
-
-    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
-
-
-def _timing_file(cache_file: Path) -> Path:
-    return cache_file.with_name(cache_file.name + ".timing.json")
-
-
-def timed_cached(cache_file: Path, compute: Callable[[], Tensor]
-                 ) -> tuple[Tensor, dict[str, Any]]:
-    """Run the caching ``compute()`` and time it; on a cache miss the wall-clock of that first run
-    is stored beside the cache file, so later (cached) runs can report both numbers."""
-    hit = cache_file.is_file()
-    start = time.perf_counter()
-    tensor = compute()
-    seconds = time.perf_counter() - start
-    info: dict[str, Any] = {"cache_file": str(cache_file), "cache_hit": hit, "seconds": seconds}
-    timing = _timing_file(cache_file)
-    if not hit:
-        record = {"first_run_seconds": seconds, "texts": int(tensor.shape[0]),
-                  "torch_threads": torch.get_num_threads(),
-                  "measured_at": datetime.datetime.now().isoformat(timespec="seconds")}
-        timing.write_text(json.dumps(record, indent=2) + "\n")
-    if timing.is_file():
-        info["first_run"] = json.loads(timing.read_text())
-    return tensor, info
-
-
-def sentence_embeddings(texts: list[str], cache_dir: Path) -> tuple[Tensor, dict[str, Any]]:
-    """Frozen MiniLM sentence embeddings ``[n, 384]`` of ``texts`` (cached), with timing info."""
-    from mamlkit.text.embedding_cache import cache_path, embed_texts, sentence_cache_key
-
-    file = cache_path(cache_dir, sentence_cache_key(texts))
-    return timed_cached(file, lambda: embed_texts(texts, cache_dir=cache_dir))
-
-
-def lower_layer_states(texts: list[str], length: int, cache_dir: Path, top_layers: int = 1
-                       ) -> tuple[Tensor, dict[str, Any]]:
-    """Cached MiniLM token states entering its last ``top_layers`` layers, ``[n, length, 385]``,
-    with timing."""
-    from mamlkit.text.embedding_cache import cache_path, hidden_states_for_texts, texts_checksum
-    from mamlkit.text.pretrained import DEFAULT_MODEL_ID
-
-    encoder = pretrained_encoder()
-    layer = encoder.num_layers - top_layers
-    key = {"kind": "hidden", "model_id": DEFAULT_MODEL_ID, "layer": layer, "length": length,
-           "texts": texts_checksum(texts), "count": len(texts)}
-    return timed_cached(cache_path(cache_dir, key), lambda: hidden_states_for_texts(
-        texts, top_layers, length, encoder=encoder, cache_dir=cache_dir))
-
-
-@functools.lru_cache(maxsize=1)
-def pretrained_encoder() -> Any:
-    """The bundled frozen MiniLM encoder, loaded once per process (needs the text extra)."""
-    from mamlkit.text.pretrained import PretrainedSentenceEncoder
-
-    return PretrainedSentenceEncoder()
-
-
-@dataclass
-class TextTask:
-    """Everything a text experiment needs: the data, its class split, the encoded examples of
-    every text (embeddings, token ids or cached states) and their groups per split."""
-
-    dataset: str
-    data: TextClassificationData
-    split: ClassSplit
-    features: Tensor
-    groups: dict[str, ClassGroups]
-    vocab_size: int = 0
-    feature_info: dict[str, Any] = field(default_factory=dict)
-
-    def sampler(self, split: str, config: TrainConfig, seed: int) -> EpisodeSampler:
-        """An :class:`~mamlkit.datasets.episodic.EpisodeSampler` over the ``split`` classes."""
-        return self.groups[split].sampler(config.ways, config.shots, config.queries, seed=seed)
-
-
-def prepare_task(config: TrainConfig) -> TextTask:
-    """Load, cap and split the dataset, check episode sizes, then encode every text.
-
-    All checks run before the (possibly minutes-long) encoding step.
-    """
-    dataset = check_dataset_name(config.task)
-    data = cap_per_class(load_text_dataset(dataset, data_root(config)), config.max_per_class)
-    split = class_split(dataset, data)
-    check_episode_sizes(dataset, data, split, config)
-    vocab_size, info = 0, {}
-    if config.encoder in ("bag", "cnn"):
-        from mamlkit.text.tokenizer import WordTokenizer
-
-        tokenizer = WordTokenizer.fit(data.texts_of(split.train), max_length=config.max_tokens)
-        features, vocab_size = tokenizer.encode(data.texts), tokenizer.vocab_size
-        info = {"vocabulary": vocab_size, "fitted_on": "meta-train texts"}
-    elif config.encoder == "pretrained":
-        features, info = sentence_embeddings(data.texts, embedding_cache_dir(config))
-    else:
-        features, info = lower_layer_states(data.texts, config.max_tokens,
-                                            embedding_cache_dir(config), top_layers(config))
-    need = config.shots + config.queries
-    groups = {name: split_class_groups(data, split, name, features, min_examples=need)
-              for name in ("train", "validation", "test")}
-    return TextTask(dataset, data, split, features, groups, vocab_size, info)
-
-
-# ------------------------------------------------------------------------------------ models
-class EmbeddingHead(nn.Module):
-    """Meta-learned classifier on frozen sentence embeddings: Linear -> ReLU -> Linear.
-
-    The unit-norm embeddings are multiplied by ``sqrt(dim)`` so their coordinates have about unit
-    scale; the last ``nn.Linear`` (``output``) is the part ANIL adapts.
-    """
-
-    def __init__(self, dim: int, num_classes: int, hidden: int = HEAD_HIDDEN) -> None:
-        super().__init__()
-        self.scale = math.sqrt(dim)
-        self.hidden = nn.Linear(dim, hidden)
-        self.output = nn.Linear(hidden, num_classes)
-
-    def features(self, embeddings: Tensor) -> Tensor:
-        """Hidden features ``[batch, hidden]`` before the output layer."""
-        return torch.relu(self.hidden(self.scale * embeddings))
-
-    def forward(self, embeddings: Tensor) -> Tensor:
-        """Logits ``[batch, num_classes]`` of embeddings ``[batch, dim]``."""
-        return self.output(self.features(embeddings))
-
-
-def build_model(config: TrainConfig, task: TextTask) -> nn.Module:
-    """A freshly initialised model for ``config.encoder`` with ``config.ways`` outputs.
-
-    The last-layer model starts with a zero head: labels are permuted in every episode, so no
-    class-specific head can be meta-learned, and from zero one gradient step sets each class's
-    weights to its mean support feature minus the overall mean, a prototype classifier (the
-    "zero trick" of Triantafillou et al., 2020, Proto-MAML). A random head moves too little in a
-    few small steps for a transformer layer's step size.
-    """
-    if config.encoder == "pretrained":
-        return EmbeddingHead(int(task.features.shape[1]), config.ways)
-    if config.encoder == "bag":
-        from mamlkit.text.encoders import BagOfEmbeddingsClassifier
-
-        return BagOfEmbeddingsClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
-    if config.encoder == "cnn":
-        from mamlkit.text.encoders import TextCNNClassifier
-
-        return TextCNNClassifier(task.vocab_size, config.ways, BAG_EMBEDDING_DIM)
-    from mamlkit.text.last_layers import last_layers_from_pretrained
-
-    model = last_layers_from_pretrained(pretrained_encoder(), top_layers(config), config.ways)
-    if config.encoder == "lora":
-        from mamlkit.text.lora import add_lora
-
-        model = add_lora(model, rank=LORA_RANK)
-    with torch.no_grad():  # zero head: the first inner step makes it a prototype-like classifier
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-    return model
-
-
-def top_layers(config: TrainConfig) -> int:
-    """MiniLM layers the model runs on cached states (1 for ``last-layer``)."""
-    return LORA_LAYERS if config.encoder == "lora" else 1
-
-
-def make_learner(config: TrainConfig, model: nn.Module, **overrides: Any) -> MetaLearner:
-    """``config.algo`` around ``model``; under ``batching=auto`` the cached-state encoders run
-    one task at a time (a transformer layer vmapped over a meta-batch needs gigabytes)."""
-    if config.encoder in CACHED_STATE_ENCODERS and config.batching == "auto":
-        overrides.setdefault("batching", "loop")
-    return build_learner(config, model, "cross_entropy", **overrides).to(config.device)
-
-
-def _learner_dir(run_dir: Path, config: TrainConfig) -> Path:
-    return run_dir / config.algo
 
 
 # ------------------------------------------------------------------------------------- train
@@ -386,35 +169,45 @@ def accuracy_curves(learner: MetaLearner, episodes: Iterable[TaskBatch], steps: 
     return protocol.curves(learner, episodes, steps, device)["query_accuracy"]
 
 
-def _frozen_feature_batch(model: nn.Module, batch: TaskBatch) -> TaskBatch:
-    with torch.no_grad():
-        def encode(x: Tensor) -> Tensor:
-            flat = x.reshape(-1, *x.shape[2:])
-            return model.features(flat).reshape(x.shape[0], x.shape[1], -1)
+def feature_episodes(model: nn.Module, task: TextTask, config: TrainConfig, split: str,
+                     episodes: FixedEpisodes) -> FixedEpisodes:
+    """``episodes`` (drawn from the ``split`` classes) with every text replaced by
+    ``model.features`` of it, each text encoded once (not once per episode that holds it)."""
+    from mamlkit.datasets.episodic import FixedEpisodes
+    from mamlkit.text.episodes import ClassGroups
 
-        return TaskBatch(encode(batch.support_x), batch.support_y, encode(batch.query_x),
-                         batch.query_y, info=batch.info)
+    groups = task.groups[split]
+    model = model.to(config.device).eval()
+    with torch.no_grad():
+        tensors = [model.features(t.to(config.device)).cpu() for t in groups.tensors]
+    features = ClassGroups(tensors, groups.class_ids, groups.class_names)
+    sampler = features.sampler(config.ways, config.shots, config.queries)
+    return FixedEpisodes(sampler, episodes.indices, EVAL_META_BATCH)
 
 
 def prototype_accuracies(config: TrainConfig, task: TextTask, learner: MetaLearner,
-                         episodes: Iterable[TaskBatch]) -> tuple[Tensor, str]:
-    """Nearest-prototype query accuracy per episode and a description of the features used.
+                         episodes: FixedEpisodes, split: str = "test",
+                         meta_learned: bool = False) -> tuple[Tensor, str]:
+    """Nearest-prototype query accuracy per episode of ``split`` and a description of the
+    features used.
 
     Frozen MiniLM embeddings for ``pretrained``; the frozen encoder's pooled output for
-    ``last-layer`` (the un-meta-trained layer); the meta-trained encoder's features for
-    ``bag``/``cnn``, which have no pretrained features.
+    ``last-layer`` and ``lora`` (the un-meta-trained layer), or with ``meta_learned`` the
+    meta-learned layer's (adapters') output without adaptation; the meta-trained encoder's
+    features for ``bag``/``cnn``, which have no pretrained features.
     """
     from mamlkit.text.baselines import prototype_accuracy
 
     if config.encoder == "pretrained":
         return torch.cat([prototype_accuracy(b) for b in episodes]), "frozen MiniLM embeddings"
-    if config.encoder in CACHED_STATE_ENCODERS:  # adapters start at zero: the frozen encoder
-        frozen = build_model(config, task).to(config.device).eval()
-        return (torch.cat([prototype_accuracy(_frozen_feature_batch(frozen, b.to(config.device)))
-                           .cpu() for b in episodes]), "frozen MiniLM (last layer not adapted)")
-    model = learner.model.eval()
-    return (torch.cat([prototype_accuracy(_frozen_feature_batch(model, b.to(config.device))).cpu()
-                       for b in episodes]), f"meta-trained {config.encoder} encoder features")
+    if config.encoder in CACHED_STATE_ENCODERS and not meta_learned:
+        model, label = build_model(config, task), "frozen MiniLM (last layer not adapted)"
+    elif config.encoder in CACHED_STATE_ENCODERS:
+        model, label = learner.model, f"meta-learned {config.encoder} features, no adaptation"
+    else:
+        model, label = learner.model, f"meta-trained {config.encoder} encoder features"
+    batches = feature_episodes(model, task, config, split, episodes)
+    return torch.cat([prototype_accuracy(b) for b in batches]), label
 
 
 def fine_tune_accuracies(config: TrainConfig, task: TextTask, val_episodes: FixedEpisodes,
@@ -452,7 +245,8 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     init, all on the same episodes; printed, and saved to ``run_dir/eval/``.
 
     ``results["methods"]`` holds the estimates under stable keys (``meta``,
-    ``meta_no_adaptation``, ``prototype``, ``fine_tune``); ``results["accuracy"]`` the same under
+    ``meta_no_adaptation``, ``prototype``, ``prototype_meta_learned`` for the cached-state
+    encoders, ``fine_tune``); ``results["accuracy"]`` the same under
     readable labels.
     """
     setup_torch(config)
@@ -472,6 +266,11 @@ def evaluate(config: TrainConfig, run_dir: Path, baselines: bool = True) -> dict
     if baselines:
         proto, proto_features = prototype_accuracies(config, task, learner, test)
         rows["prototype"] = (f"prototypes on {proto_features}", mean_ci(proto))
+        if config.encoder in CACHED_STATE_ENCODERS:
+            learned, learned_features = prototype_accuracies(config, task, learner, test,
+                                                             meta_learned=True)
+            rows["prototype_meta_learned"] = (f"prototypes on {learned_features}",
+                                              mean_ci(learned))
         val = _episodes(task, config, "validation", config.val_tasks, VAL_SEED)
         fine_tune, fine_tune_info = fine_tune_accuracies(config, task, val, test)
         rows["fine_tune"] = (f"fine-tune from random init ({count(fine_tune_info['steps'], 'step')}, "
@@ -502,31 +301,6 @@ _COMMON: dict[str, Any] = by_concern(
     data={"encoder": "pretrained", "ways": 5, "shots": 1, "queries": 15},
     evaluation={"eval_inner_steps": 10, "test_tasks": 600, "plots": False})
 """Defaults of every text experiment (frozen encoder + MLP head, 5-way 1-shot, 15 queries)."""
-
-LAST_LAYER_DEFAULTS: dict[str, Any] = by_concern(
-    algorithm={"first_order": True, "inner_steps": 2, "inner_lr": 0.01},
-    loop={"meta_batch_size": 4, "val_tasks": 20, "val_every": 25, "checkpoint_every": 25,
-          "iterations": 200, "meta_lr": 3e-5},
-    evaluation={"eval_inner_steps": 5})
-"""Defaults of ``--encoder last-layer``: first-order MAML (second order through a transformer
-layer keeps every attention map of every inner step per task), smaller meta-batches and
-validation sets so a CPU run stays within memory, and an outer step size in the range used to
-fine-tune BERT (Devlin et al., 2019), since Adam at 1e-3 wrecks the pretrained layer within a
-few dozen steps. Options given explicitly still win (``--no-first-order`` for second order)."""
-
-
-LORA_DEFAULTS: dict[str, Any] = dict(LAST_LAYER_DEFAULTS)
-"""Defaults of ``--encoder lora``: those of ``last-layer``. A ten times larger outer step size
-(3e-4) lowered BANKING77 5-way 1-shot validation accuracy from 92.5% (iteration 25) to 76.6%
-(iteration 175): the rank-8 update ``2 B A`` then grows to a large fraction of the pretrained
-weights within a hundred steps."""
-
-
-def derived_defaults(chosen: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults that depend on the encoder chosen (see :data:`LAST_LAYER_DEFAULTS`,
-    :data:`LORA_DEFAULTS`)."""
-    return dict({"last-layer": LAST_LAYER_DEFAULTS, "lora": LORA_DEFAULTS}.get(
-        chosen.get("encoder"), {}))
 
 
 def _estimate(estimate: Estimate) -> dict[str, Any]:
