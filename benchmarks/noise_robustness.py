@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,20 +26,25 @@ from pathlib import Path
 import torch
 
 import mamlkit
+from mamlkit.algorithms import ALGORITHMS
 from mamlkit.datasets.omniglot import Omniglot
 from mamlkit.noise import NoisySupportSampler, SupportNoise, parse_rates
 from mamlkit.noise_protocol import adapted_score, evaluate_under_noise, noise_table, prototype_score
 
 METHODS = {
     "MAML": {},
+    "ProtoMAML": {"algo": "protomaml"},
+    "ProtoMAML + prototype weights": {"algo": "protomaml", "support_weights": "prototype"},
     "MAML + GCE inner loss": {"inner_loss": "gce"},
     "MAML + SCE inner loss": {"inner_loss": "sce"},
     "MAML + prototype weights": {"support_weights": "prototype"},
     "noise-aware MAML (train p=0.2)": {"train_noise": 0.2},
     "noise-aware MAML + prototype weights": {"train_noise": 0.2, "support_weights": "prototype"},
 }
-"""Label -> options: learner keyword arguments, plus ``train_noise`` (support noise rate during
+"""Label -> options: learner keyword arguments, plus ``algo`` (an algorithm name of
+:data:`mamlkit.algorithms.ALGORITHMS`, default maml) and ``train_noise`` (support noise rate during
 meta-training, symmetric)."""
+NOT_LEARNER = ("algo", "train_noise")
 
 WAYS, INNER_LR, META_LR, EVAL_STEPS, QUERIES, TEST_SEED = 5, 0.4, 1e-3, 10, 15, 2_000_003
 
@@ -50,9 +56,15 @@ def data_root() -> Path:
 
 def learner_for(options: dict, seed: int) -> mamlkit.MetaLearner:
     torch.manual_seed(seed)  # the same initialisation for every method
-    kwargs = {k: v for k, v in options.items() if k != "train_noise"}
-    return mamlkit.MAML(mamlkit.omniglot_cnn(WAYS), inner_lr=INNER_LR, inner_steps=1,
-                        eval_inner_steps=EVAL_STEPS, loss="cross_entropy", **kwargs)
+    kwargs = {k: v for k, v in options.items() if k not in NOT_LEARNER}
+    algorithm = ALGORITHMS[options.get("algo", "maml")]
+    return algorithm(mamlkit.omniglot_cnn(WAYS), inner_lr=INNER_LR, inner_steps=1,
+                     eval_inner_steps=EVAL_STEPS, loss="cross_entropy", **kwargs)
+
+
+def cache_name(label: str) -> str:
+    """The file name of a method's trained weights: its label in lower case, words joined by -."""
+    return "-".join(re.findall(r"[a-z0-9.=]+", label.lower()))
 
 
 def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, path: Path
@@ -86,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meta-batch-size", type=int, default=16)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--rates", default="0.2,0.4")
+    parser.add_argument("--kinds", default="symmetric,pair",
+                        help="noise kinds evaluated, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
@@ -98,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = Omniglot(root, split="evaluation")
     tag = f"5w{args.shots}s-{args.iterations}it-b{args.meta_batch_size}-seed{args.seed}"
     learners = {label: train(label, METHODS[label], background, args,
-                             args.cache / tag / f"{i}.pt")
-                for i, label in enumerate(METHODS) if label in args.methods}
+                             args.cache / tag / f"{cache_name(label)}.pt")
+                for label in METHODS if label in args.methods}
     methods = {label: adapted_score(learner, EVAL_STEPS) for label, learner in learners.items()}
     if "MAML" in learners:
         methods["prototypes (MAML's features)"] = prototype_score(learners["MAML"], WAYS)
     episodes = evaluation.sampler(WAYS, args.shots, QUERIES).fixed_episodes(
         args.episodes, TEST_SEED, meta_batch_size=50)
-    noises = [SupportNoise(rate, kind) for kind in ("symmetric", "pair")
+    noises = [SupportNoise(rate, kind) for kind in args.kinds.split(",")
               for rate in parse_rates(args.rates)]
     start = time.perf_counter()
     result = evaluate_under_noise(methods, episodes, noises, seed=args.seed, ways=WAYS)
