@@ -93,6 +93,16 @@ class PrototypeAgreement(nn.Module):
         return weights / weights.mean().clamp(min=1e-12)
 
 
+def weighted_prototypes(embeddings: Tensor, labels: Tensor, ways: int, weights: Tensor) -> Tensor:
+    """Class means of ``embeddings`` ``[n, d]`` with example ``i`` counted ``weights[i]`` times,
+    ``[ways, d]``: robust prototypes when the weights discount examples that disagree with their
+    label (:class:`PrototypeAgreement`). A class without examples gets a zero prototype; one-hot
+    products only, so it runs under ``vmap``."""
+    share = F.one_hot(labels, ways).to(embeddings.dtype) * weights.unsqueeze(-1)  # [n, ways]
+    flat = embeddings.reshape(embeddings.shape[0], -1)
+    return share.transpose(0, 1) @ flat / share.sum(0).clamp(min=1e-12).unsqueeze(-1)
+
+
 class SupportLoss(nn.Module):
     """The inner loop's loss when it is not the task's own: a robust loss
     (:mod:`mamlkit.core.robust_losses`) and/or per-example :class:`PrototypeAgreement` weights.
