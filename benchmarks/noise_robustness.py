@@ -35,6 +35,11 @@ METHODS = {
     "MAML": {},
     "ProtoMAML": {"algo": "protomaml"},
     "ProtoMAML + prototype weights": {"algo": "protomaml", "support_weights": "prototype"},
+    "ProtoMAML + robust prototypes": {"algo": "protomaml", "support_weights": "prototype",
+                                      "weighted_prototypes": True},
+    "noise-aware ProtoMAML + robust prototypes (train p=0.2)": {
+        "algo": "protomaml", "support_weights": "prototype", "weighted_prototypes": True,
+        "train_noise": 0.2},
     "MAML + GCE inner loss": {"inner_loss": "gce"},
     "MAML + SCE inner loss": {"inner_loss": "sce"},
     "MAML + prototype weights": {"support_weights": "prototype"},
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         metavar="LABEL")
     parser.add_argument("--cache", type=Path, default=Path("runs/noise"))
+    parser.add_argument("--train-only", action="store_true",
+                        help="meta-train (or load) the methods, evaluate nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = data_root() / "omniglot"
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     learners = {label: train(label, METHODS[label], background, args,
                              args.cache / tag / f"{cache_name(label)}.pt")
                 for label in METHODS if label in args.methods}
+    if args.train_only:
+        return 0
     methods = {label: adapted_score(learner, EVAL_STEPS) for label, learner in learners.items()}
     if "MAML" in learners:
         methods["prototypes (MAML's features)"] = prototype_score(learners["MAML"], WAYS)
