@@ -29,7 +29,13 @@ import mamlkit
 from mamlkit.algorithms import ALGORITHMS
 from mamlkit.datasets.omniglot import Omniglot
 from mamlkit.noise import NoisySupportSampler, SupportNoise, parse_rates
-from mamlkit.noise_protocol import adapted_score, evaluate_under_noise, noise_table, prototype_score
+from mamlkit.noise_protocol import (
+    NoiseResult,
+    adapted_score,
+    evaluate_under_noise,
+    noise_table,
+    prototype_score,
+)
 
 METHODS = {
     "MAML": {},
@@ -84,7 +90,9 @@ def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, p
                                       ways=WAYS)
     optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
     start = time.perf_counter()
-    for _ in range(args.iterations):
+    for iteration in range(args.iterations):
+        if iteration and iteration % 50 == 0:
+            print(f"{label}: iteration {iteration}, {time.perf_counter() - start:.0f} s", flush=True)
         optimizer.zero_grad()
         learner.meta_backward(sampler.sample(args.meta_batch_size))
         optimizer.step()
@@ -94,6 +102,33 @@ def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, p
     path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds}))
     print(f"{label}: {args.iterations} meta-iterations in {seconds:.0f} s", flush=True)
     return learner
+
+
+def title_of(args: argparse.Namespace) -> str:
+    """The table's title: the episodes and the budget every method was meta-trained with."""
+    return (f"Omniglot 5-way {args.shots}-shot, evaluation alphabets, {args.episodes} episodes "
+            f"({QUERIES} clean queries per class), accuracy % after {EVAL_STEPS} steps; "
+            f"meta-trained {args.iterations} iterations x {args.meta_batch_size} tasks on the "
+            f"background alphabets")
+
+
+def merged_scores(paths: list[Path]) -> NoiseResult:
+    """The per-episode scores of several evaluations (``OUT.json`` files) as one result; they
+    must hold the same noise settings over the same number of episodes."""
+    scores: dict[str, dict[SupportNoise, torch.Tensor]] = {}
+    for path in paths:
+        for method, per in json.loads(path.read_text()).items():
+            settings = {}
+            for key, values in per.items():
+                kind, rate = key.split("@")
+                settings[SupportNoise(float(rate), kind)] = torch.tensor(values)
+            scores[method] = settings
+    shapes = {(tuple(sorted(map(str, per))), len(next(iter(per.values()))))
+              for per in scores.values()}
+    if len(shapes) != 1:
+        raise SystemExit(f"The evaluations differ in noise settings or episodes: {sorted(shapes)}")
+    clean = next(n for n in next(iter(scores.values())) if n.rate == 0)
+    return NoiseResult(scores, clean)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         metavar="LABEL")
     parser.add_argument("--cache", type=Path, default=Path("runs/noise"))
+    parser.add_argument("--out", default="table",
+                        help="the table and scores are written to CACHE/TAG/OUT.md and OUT.json")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
+                        help="print one table from the scores of several evaluations of the same "
+                             "episodes (OUT.json files) instead of evaluating")
     parser.add_argument("--train-only", action="store_true",
                         help="meta-train (or load) the methods, evaluate nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.merge:
+        print(noise_table(merged_scores(args.merge), title=title_of(args)))
+        return 0
     root = data_root() / "omniglot"
     background = Omniglot(root, split="background")
     evaluation = Omniglot(root, split="evaluation")
@@ -132,16 +175,12 @@ def main(argv: list[str] | None = None) -> int:
               for rate in parse_rates(args.rates)]
     start = time.perf_counter()
     result = evaluate_under_noise(methods, episodes, noises, seed=args.seed, ways=WAYS)
-    title = (f"Omniglot 5-way {args.shots}-shot, evaluation alphabets, {args.episodes} episodes "
-             f"({QUERIES} clean queries per class), accuracy % after {EVAL_STEPS} steps; "
-             f"meta-trained {args.iterations} iterations x {args.meta_batch_size} tasks on the "
-             f"background alphabets")
-    table = noise_table(result, title=title)
+    table = noise_table(result, title=title_of(args))
     print(table)
     print(f"evaluation: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     out = args.cache / tag
-    (out / "table.md").write_text(table + "\n")
-    (out / "scores.json").write_text(json.dumps({
+    (out / f"{args.out}.md").write_text(table + "\n")
+    (out / f"{args.out}.json").write_text(json.dumps({
         name: {f"{n.kind}@{n.rate:g}": v.tolist() for n, v in per.items()}
         for name, per in result.scores.items()}))
     return 0
