@@ -43,6 +43,9 @@ METHODS = {
     "ProtoMAML + prototype weights": {"algo": "protomaml", "support_weights": "prototype"},
     "ProtoMAML + robust prototypes": {"algo": "protomaml", "support_weights": "prototype",
                                       "weighted_prototypes": True},
+    "ProtoMAML + robust prototypes (T0=1)": {"algo": "protomaml",
+                                             "support_weights": "prototype:1.0",
+                                             "weighted_prototypes": True},
     "noise-aware ProtoMAML + robust prototypes (train p=0.2)": {
         "algo": "protomaml", "support_weights": "prototype", "weighted_prototypes": True,
         "train_noise": 0.2},

@@ -34,7 +34,9 @@ from mamlkit.core.robust_losses import (
 )
 
 SUPPORT_WEIGHTINGS = ("prototype",)
-"""Names accepted by ``support_weights=``."""
+"""Names accepted by ``support_weights=``; ``"prototype:T"`` also sets the initial temperature
+``T`` (default 0.1; a large one such as 1.0 starts with nearly uniform weights)."""
+DEFAULT_TEMPERATURE = 0.1
 
 
 def last_linear(model: nn.Module) -> str:
@@ -114,10 +116,11 @@ class SupportLoss(nn.Module):
 
     def __init__(self, loss: Callable[[Tensor, Tensor], Tensor] | None,
                  per_example: PerExampleLoss | None, feature_module: str | None,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, temperature: float = DEFAULT_TEMPERATURE) -> None:
         super().__init__()
         self.loss, self.per_example, self.feature_module = loss, per_example, feature_module
-        self.weighting = PrototypeAgreement().to(dtype) if feature_module is not None else None
+        self.weighting = (PrototypeAgreement(temperature).to(dtype) if feature_module is not None
+                          else None)
 
     def forward(self, model: nn.Module, run: Callable[[], Tensor], labels: Tensor) -> Tensor:
         """The loss of the outputs ``run()`` computes for the support examples with ``labels``."""
@@ -150,11 +153,19 @@ def support_loss_for(model: nn.Module, loss_name: str, inner_loss: str | Callabl
     reference = next(model.parameters())
     if support_weights is None:
         return SupportLoss(loss, None, None, reference.dtype)
-    if support_weights not in SUPPORT_WEIGHTINGS:
+    weighting, _, temperature = str(support_weights).partition(":")
+    if weighting not in SUPPORT_WEIGHTINGS:
         raise ValueError(f"Unknown support_weights {support_weights!r}; choose one of "
-                         f"{', '.join(SUPPORT_WEIGHTINGS)} or None.")
+                         f"{', '.join(SUPPORT_WEIGHTINGS)} (optionally with an initial "
+                         "temperature, as in prototype:1.0) or None.")
+    try:
+        temperature = float(temperature) if temperature else DEFAULT_TEMPERATURE
+    except ValueError:
+        raise ValueError(f"support_weights {support_weights!r}: the initial temperature after "
+                         "':' must be a number > 0, as in prototype:1.0.") from None
     if name not in CLASSIFICATION_LOSSES:
         raise ValueError(f"support_weights={support_weights!r} weights support examples by class "
                          f"agreement, which needs a classification loss "
                          f"({', '.join(CLASSIFICATION_LOSSES)} by name), not {name!r}.")
-    return SupportLoss(loss, PER_EXAMPLE_LOSSES[name], last_linear(model), reference.dtype)
+    return SupportLoss(loss, PER_EXAMPLE_LOSSES[name], last_linear(model), reference.dtype,
+                       temperature)
