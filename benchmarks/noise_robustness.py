@@ -116,7 +116,7 @@ def title_of(args: argparse.Namespace) -> str:
 
 
 def merged_scores(paths: list[Path]) -> NoiseResult:
-    """The per-episode scores of several evaluations (``OUT.json`` files) as one result; they
+    """The per-episode scores of several evaluations (``OUT.scores.json``) as one result; they
     must hold the same noise settings over the same number of episodes."""
     scores: dict[str, dict[SupportNoise, torch.Tensor]] = {}
     for path in paths:
@@ -149,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="LABEL")
     parser.add_argument("--cache", type=Path, default=Path("runs/noise"))
     parser.add_argument("--out", default="table",
-                        help="the table and scores are written to CACHE/TAG/OUT.md and OUT.json")
+                        help="the table and scores are written to CACHE/TAG/OUT.table.md and "
+                             "OUT.scores.json")
     parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
                         help="print one table from the scores of several evaluations of the same "
-                             "episodes (OUT.json files) instead of evaluating")
+                             "episodes (OUT.scores.json files) instead of evaluating")
     parser.add_argument("--train-only", action="store_true",
                         help="meta-train (or load) the methods, evaluate nothing")
     args = parser.parse_args(argv)
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"evaluation: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     out = args.cache / tag
-    (out / f"{args.out}.md").write_text(table + "\n")
-    (out / f"{args.out}.json").write_text(json.dumps({
+    (out / f"{args.out}.table.md").write_text(table + "\n")
+    (out / f"{args.out}.scores.json").write_text(json.dumps({
         name: {f"{n.kind}@{n.rate:g}": v.tolist() for n, v in per.items()}
         for name, per in result.scores.items()}))
     return 0
