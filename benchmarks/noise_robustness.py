@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,20 +26,39 @@ from pathlib import Path
 import torch
 
 import mamlkit
+from mamlkit.algorithms import ALGORITHMS
 from mamlkit.datasets.omniglot import Omniglot
 from mamlkit.noise import NoisySupportSampler, SupportNoise, parse_rates
-from mamlkit.noise_protocol import adapted_score, evaluate_under_noise, noise_table, prototype_score
+from mamlkit.noise_protocol import (
+    NoiseResult,
+    adapted_score,
+    evaluate_under_noise,
+    noise_table,
+    prototype_score,
+)
 
 METHODS = {
     "MAML": {},
+    "ProtoMAML": {"algo": "protomaml"},
+    "ProtoMAML + prototype weights": {"algo": "protomaml", "support_weights": "prototype"},
+    "ProtoMAML + robust prototypes": {"algo": "protomaml", "support_weights": "prototype",
+                                      "weighted_prototypes": True},
+    "ProtoMAML + robust prototypes (T0=1)": {"algo": "protomaml",
+                                             "support_weights": "prototype:1.0",
+                                             "weighted_prototypes": True},
+    "noise-aware ProtoMAML + robust prototypes (train p=0.2)": {
+        "algo": "protomaml", "support_weights": "prototype", "weighted_prototypes": True,
+        "train_noise": 0.2},
     "MAML + GCE inner loss": {"inner_loss": "gce"},
     "MAML + SCE inner loss": {"inner_loss": "sce"},
     "MAML + prototype weights": {"support_weights": "prototype"},
     "noise-aware MAML (train p=0.2)": {"train_noise": 0.2},
     "noise-aware MAML + prototype weights": {"train_noise": 0.2, "support_weights": "prototype"},
 }
-"""Label -> options: learner keyword arguments, plus ``train_noise`` (support noise rate during
+"""Label -> options: learner keyword arguments, plus ``algo`` (an algorithm name of
+:data:`mamlkit.algorithms.ALGORITHMS`, default maml) and ``train_noise`` (support noise rate during
 meta-training, symmetric)."""
+NOT_LEARNER = ("algo", "train_noise")
 
 WAYS, INNER_LR, META_LR, EVAL_STEPS, QUERIES, TEST_SEED = 5, 0.4, 1e-3, 10, 15, 2_000_003
 
@@ -50,9 +70,15 @@ def data_root() -> Path:
 
 def learner_for(options: dict, seed: int) -> mamlkit.MetaLearner:
     torch.manual_seed(seed)  # the same initialisation for every method
-    kwargs = {k: v for k, v in options.items() if k != "train_noise"}
-    return mamlkit.MAML(mamlkit.omniglot_cnn(WAYS), inner_lr=INNER_LR, inner_steps=1,
-                        eval_inner_steps=EVAL_STEPS, loss="cross_entropy", **kwargs)
+    kwargs = {k: v for k, v in options.items() if k not in NOT_LEARNER}
+    algorithm = ALGORITHMS[options.get("algo", "maml")]
+    return algorithm(mamlkit.omniglot_cnn(WAYS), inner_lr=INNER_LR, inner_steps=1,
+                     eval_inner_steps=EVAL_STEPS, loss="cross_entropy", **kwargs)
+
+
+def cache_name(label: str) -> str:
+    """The file name of a method's trained weights: its label in lower case, words joined by -."""
+    return "-".join(re.findall(r"[a-z0-9.=]+", label.lower()))
 
 
 def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, path: Path
@@ -67,7 +93,9 @@ def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, p
                                       ways=WAYS)
     optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
     start = time.perf_counter()
-    for _ in range(args.iterations):
+    for iteration in range(args.iterations):
+        if iteration and iteration % 50 == 0:
+            print(f"{label}: iteration {iteration}, {time.perf_counter() - start:.0f} s", flush=True)
         optimizer.zero_grad()
         learner.meta_backward(sampler.sample(args.meta_batch_size))
         optimizer.step()
@@ -79,6 +107,33 @@ def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, p
     return learner
 
 
+def title_of(args: argparse.Namespace) -> str:
+    """The table's title: the episodes and the budget every method was meta-trained with."""
+    return (f"Omniglot 5-way {args.shots}-shot, evaluation alphabets, {args.episodes} episodes "
+            f"({QUERIES} clean queries per class), accuracy % after {EVAL_STEPS} steps; "
+            f"meta-trained {args.iterations} iterations x {args.meta_batch_size} tasks on the "
+            f"background alphabets")
+
+
+def merged_scores(paths: list[Path]) -> NoiseResult:
+    """The per-episode scores of several evaluations (``OUT.scores.json``) as one result; they
+    must hold the same noise settings over the same number of episodes."""
+    scores: dict[str, dict[SupportNoise, torch.Tensor]] = {}
+    for path in paths:
+        for method, per in json.loads(path.read_text()).items():
+            settings = {}
+            for key, values in per.items():
+                kind, rate = key.split("@")
+                settings[SupportNoise(float(rate), kind)] = torch.tensor(values)
+            scores[method] = settings
+    shapes = {(tuple(sorted(map(str, per))), len(next(iter(per.values()))))
+              for per in scores.values()}
+    if len(shapes) != 1:
+        raise SystemExit(f"The evaluations differ in noise settings or episodes: {sorted(shapes)}")
+    clean = next(n for n in next(iter(scores.values())) if n.rate == 0)
+    return NoiseResult(scores, clean)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--shots", type=int, default=5)
@@ -86,39 +141,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meta-batch-size", type=int, default=16)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--rates", default="0.2,0.4")
+    parser.add_argument("--kinds", default="symmetric,pair",
+                        help="noise kinds evaluated, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         metavar="LABEL")
     parser.add_argument("--cache", type=Path, default=Path("runs/noise"))
+    parser.add_argument("--out", default="table",
+                        help="the table and scores are written to CACHE/TAG/OUT.table.md and "
+                             "OUT.scores.json")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
+                        help="print one table from the scores of several evaluations of the same "
+                             "episodes (OUT.scores.json files) instead of evaluating")
+    parser.add_argument("--train-only", action="store_true",
+                        help="meta-train (or load) the methods, evaluate nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.merge:
+        print(noise_table(merged_scores(args.merge), title=title_of(args)))
+        return 0
     root = data_root() / "omniglot"
     background = Omniglot(root, split="background")
     evaluation = Omniglot(root, split="evaluation")
     tag = f"5w{args.shots}s-{args.iterations}it-b{args.meta_batch_size}-seed{args.seed}"
     learners = {label: train(label, METHODS[label], background, args,
-                             args.cache / tag / f"{i}.pt")
-                for i, label in enumerate(METHODS) if label in args.methods}
+                             args.cache / tag / f"{cache_name(label)}.pt")
+                for label in METHODS if label in args.methods}
+    if args.train_only:
+        return 0
     methods = {label: adapted_score(learner, EVAL_STEPS) for label, learner in learners.items()}
     if "MAML" in learners:
         methods["prototypes (MAML's features)"] = prototype_score(learners["MAML"], WAYS)
     episodes = evaluation.sampler(WAYS, args.shots, QUERIES).fixed_episodes(
         args.episodes, TEST_SEED, meta_batch_size=50)
-    noises = [SupportNoise(rate, kind) for kind in ("symmetric", "pair")
+    noises = [SupportNoise(rate, kind) for kind in args.kinds.split(",")
               for rate in parse_rates(args.rates)]
     start = time.perf_counter()
     result = evaluate_under_noise(methods, episodes, noises, seed=args.seed, ways=WAYS)
-    title = (f"Omniglot 5-way {args.shots}-shot, evaluation alphabets, {args.episodes} episodes "
-             f"({QUERIES} clean queries per class), accuracy % after {EVAL_STEPS} steps; "
-             f"meta-trained {args.iterations} iterations x {args.meta_batch_size} tasks on the "
-             f"background alphabets")
-    table = noise_table(result, title=title)
+    table = noise_table(result, title=title_of(args))
     print(table)
     print(f"evaluation: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     out = args.cache / tag
-    (out / "table.md").write_text(table + "\n")
-    (out / "scores.json").write_text(json.dumps({
+    (out / f"{args.out}.table.md").write_text(table + "\n")
+    (out / f"{args.out}.scores.json").write_text(json.dumps({
         name: {f"{n.kind}@{n.rate:g}": v.tolist() for n, v in per.items()}
         for name, per in result.scores.items()}))
     return 0

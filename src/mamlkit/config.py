@@ -164,6 +164,12 @@ class TrainConfig:
     process)."""
     on_bad_image: str = "stop"
     """An image file that cannot be read: stop (error naming it) or skip (left out, counted)."""
+    train_support_noise: float = 0.0
+    """Noise-aware meta-training (image tasks): this fraction of every meta-training support set
+    gets a wrong label, seeded by the run's seed and the meta-batch's position (so resume is
+    exact); query labels stay clean. 0 = off. See docs/noise.md."""
+    train_noise_kind: str = "symmetric"
+    """Kind of that label noise: symmetric (another class, uniformly) or pair (class c -> c+1)."""
     baseline: str = "pretrained"
     """Baseline trained after MAML for image tasks: pretrained (an ordinary classifier over the
     meta-training classes, fine-tuned at test time) or none."""

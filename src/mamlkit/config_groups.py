@@ -70,6 +70,20 @@ def _check_data(config: TrainConfig) -> None:
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {config.encoder!r}.")
     if config.max_tokens < 2:
         raise ValueError(f"max_tokens must be >= 2, got {config.max_tokens}.")
+    if config.train_support_noise:
+        _check_train_support_noise(config)
+
+
+def _check_train_support_noise(config: TrainConfig) -> None:
+    from mamlkit.experiments.vision_data import is_image_task
+
+    if not 0 < config.train_support_noise < 1:
+        raise ValueError(f"train_support_noise must be a fraction in [0, 1) (0 = off), got "
+                         f"{config.train_support_noise}.")
+    if not is_image_task(config.task):
+        raise ValueError(f"train_support_noise corrupts the support labels of image episodes "
+                         f"(omniglot, miniimagenet, cifar-fs, images); {config.task!r} does not "
+                         "take it: drop --train-support-noise.")
 
 
 def _check_execution(config: TrainConfig) -> None:
@@ -120,11 +134,12 @@ CONCERNS: dict[str, Concern] = {
         ("task", "ways", "shots", "queries", "trajectories", "data_root", "download",
          "class_split", "encoder", "cache_dir", "max_tokens", "max_per_class",
          "max_per_class_splits", "image_size", "channels", "invert", "normalize", "workers",
-         "on_bad_image"),
+         "on_bad_image", "train_support_noise", "train_noise_kind"),
         at_least_one=("shots", "queries", "trajectories"),
         non_negative={"image_size": "", "workers": "", "max_per_class": " (0 = all examples)"},
         choices={"on_bad_image": ("stop", "skip"), "channels": (0, 1, 3),
-                 "max_per_class_splits": ("all", "eval")}, check=_check_data),
+                 "max_per_class_splits": ("all", "eval"),
+                 "train_noise_kind": ("symmetric", "pair")}, check=_check_data),
     "execution": Concern(
         "where and how the computation runs; never changes what is computed beyond rounding",
         ("device", "batching", "amp", "chunk_size", "compile", "threads", "task_threads"),

@@ -187,7 +187,12 @@ def seed_sampler_for_rank(sampler: Any, seed: int, rank: int) -> None:
     """
     if rank == 0:
         return
-    new_seed = rank_seed(seed, rank)
+    reseed_sampler(sampler, rank_seed(seed, rank))
+
+
+def reseed_sampler(sampler: Any, new_seed: int) -> None:
+    """Start ``sampler``'s task stream afresh from ``new_seed`` (see :func:`seed_sampler_for_rank`
+    for the two ways a sampler can be reseeded)."""
     if hasattr(sampler, "reseed"):
         sampler.reseed(new_seed)
         return

@@ -160,6 +160,21 @@ def test_bad_remedy_options_are_refused_with_the_fix():
         mamlkit.MAML(_model(), loss="mse", support_weights="prototype")
     with pytest.raises(ValueError, match="Unknown support_weights"):
         mamlkit.MAML(_model(), loss="cross_entropy", support_weights="loss")
+    with pytest.raises(ValueError, match="must be a number > 0"):
+        mamlkit.MAML(_model(), loss="cross_entropy", support_weights="prototype:warm")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        mamlkit.MAML(_model(), loss="cross_entropy", support_weights="prototype:0")
+
+
+def test_an_initial_temperature_can_start_the_weights_near_uniform():
+    batch = _tasks()
+    warm = mamlkit.MAML(_model(), loss="cross_entropy", support_weights="prototype:100")
+    weighting = warm.support_objective.weighting
+    assert float(weighting.log_temperature.detach().exp()) == pytest.approx(100)
+    features = batch.support_x[0]
+    sharp = PrototypeAgreement(0.1).double()(features, batch.support_y[0], 3)
+    near_uniform = weighting(features, batch.support_y[0], 3)
+    assert (near_uniform - 1).abs().max() < 0.05 < (sharp - 1).abs().max()
     with pytest.raises(ValueError, match="computes its own inner-loop loss"):
         mamlkit.make_algorithm("anil", _model(), loss="cross_entropy", inner_loss="gce")
     with pytest.raises(ValueError, match="Unknown loss"):

@@ -28,6 +28,7 @@ from mamlkit.algorithms.prototypes import (
 from mamlkit.core.inner_loop import InnerProblem
 from mamlkit.core.learner import MetaLearner
 from mamlkit.core.params import Params
+from mamlkit.core.support_weights import weighted_prototypes
 
 
 class ProtoMAML(MetaLearner):
@@ -37,6 +38,11 @@ class ProtoMAML(MetaLearner):
         model: a classifier whose head (by default its last ``nn.Linear``, which must have a
             bias) maps the embedding to one logit per class of the episode.
         head: module name of that ``nn.Linear`` (``"classifier"``, ``"2"`` in a Sequential).
+        weighted_prototypes: count each support example in its class prototype by its
+            prototype-agreement weight (needs ``support_weights="prototype"``, whose weights,
+            meta-learned temperature included, also weight the inner loss): prototypes that
+            discount examples whose label disagrees with the others of their class, for noisy
+            support sets (``docs/noise.md``).
         **kwargs: the driver's arguments (:class:`~mamlkit.core.learner.MetaLearner`); the loss
             defaults to ``"cross_entropy"``.
     """
@@ -45,7 +51,8 @@ class ProtoMAML(MetaLearner):
 
     task_threads_safe = False  # the embedding is read by a hook on the shared head module
 
-    def __init__(self, model: nn.Module, *, head: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, head: str | None = None,
+                 weighted_prototypes: bool = False, **kwargs: Any) -> None:
         head = resolve_head(model, head, "ProtoMAML")
         module = model.get_submodule(head)
         if not isinstance(module, nn.Linear) or module.bias is None:
@@ -59,12 +66,21 @@ class ProtoMAML(MetaLearner):
         refuse_regression(self, "ProtoMAML")
         self.head_name = head
         self.ways = module.out_features
+        self.weighted_prototypes = bool(weighted_prototypes)
+        weighting = getattr(self.support_objective, "weighting", None)
+        if self.weighted_prototypes and weighting is None:
+            raise ValueError("ProtoMAML(weighted_prototypes=True) weights the prototypes by "
+                             "prototype agreement: pass support_weights='prototype' as well.")
 
     def prototype_head(self, params: Params, support_x: Any, support_y: Tensor) -> Params:
         """``params`` with the head set from the support set's class prototypes under them."""
         embeddings = head_input(self.model, self.head_name,
                                 lambda: self.functional_forward(params, support_x))
-        prototypes = class_prototypes(embeddings, support_y, self.ways)
+        if self.weighted_prototypes:
+            weights = self.support_objective.weighting(embeddings, support_y, self.ways)
+            prototypes = weighted_prototypes(embeddings, support_y, self.ways, weights)
+        else:
+            prototypes = class_prototypes(embeddings, support_y, self.ways)
         return {**params, f"{self.head_name}.weight": 2 * prototypes,
                 f"{self.head_name}.bias": -(prototypes ** 2).sum(-1)}
 

@@ -34,7 +34,9 @@ from mamlkit.core.robust_losses import (
 )
 
 SUPPORT_WEIGHTINGS = ("prototype",)
-"""Names accepted by ``support_weights=``."""
+"""Names accepted by ``support_weights=``; ``"prototype:T"`` also sets the initial temperature
+``T`` (default 0.1; a large one such as 1.0 starts with nearly uniform weights)."""
+DEFAULT_TEMPERATURE = 0.1
 
 
 def last_linear(model: nn.Module) -> str:
@@ -93,6 +95,16 @@ class PrototypeAgreement(nn.Module):
         return weights / weights.mean().clamp(min=1e-12)
 
 
+def weighted_prototypes(embeddings: Tensor, labels: Tensor, ways: int, weights: Tensor) -> Tensor:
+    """Class means of ``embeddings`` ``[n, d]`` with example ``i`` counted ``weights[i]`` times,
+    ``[ways, d]``: robust prototypes when the weights discount examples that disagree with their
+    label (:class:`PrototypeAgreement`). A class without examples gets a zero prototype; one-hot
+    products only, so it runs under ``vmap``."""
+    share = F.one_hot(labels, ways).to(embeddings.dtype) * weights.unsqueeze(-1)  # [n, ways]
+    flat = embeddings.reshape(embeddings.shape[0], -1)
+    return share.transpose(0, 1) @ flat / share.sum(0).clamp(min=1e-12).unsqueeze(-1)
+
+
 class SupportLoss(nn.Module):
     """The inner loop's loss when it is not the task's own: a robust loss
     (:mod:`mamlkit.core.robust_losses`) and/or per-example :class:`PrototypeAgreement` weights.
@@ -104,10 +116,11 @@ class SupportLoss(nn.Module):
 
     def __init__(self, loss: Callable[[Tensor, Tensor], Tensor] | None,
                  per_example: PerExampleLoss | None, feature_module: str | None,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, temperature: float = DEFAULT_TEMPERATURE) -> None:
         super().__init__()
         self.loss, self.per_example, self.feature_module = loss, per_example, feature_module
-        self.weighting = PrototypeAgreement().to(dtype) if feature_module is not None else None
+        self.weighting = (PrototypeAgreement(temperature).to(dtype) if feature_module is not None
+                          else None)
 
     def forward(self, model: nn.Module, run: Callable[[], Tensor], labels: Tensor) -> Tensor:
         """The loss of the outputs ``run()`` computes for the support examples with ``labels``."""
@@ -140,11 +153,19 @@ def support_loss_for(model: nn.Module, loss_name: str, inner_loss: str | Callabl
     reference = next(model.parameters())
     if support_weights is None:
         return SupportLoss(loss, None, None, reference.dtype)
-    if support_weights not in SUPPORT_WEIGHTINGS:
+    weighting, _, temperature = str(support_weights).partition(":")
+    if weighting not in SUPPORT_WEIGHTINGS:
         raise ValueError(f"Unknown support_weights {support_weights!r}; choose one of "
-                         f"{', '.join(SUPPORT_WEIGHTINGS)} or None.")
+                         f"{', '.join(SUPPORT_WEIGHTINGS)} (optionally with an initial "
+                         "temperature, as in prototype:1.0) or None.")
+    try:
+        temperature = float(temperature) if temperature else DEFAULT_TEMPERATURE
+    except ValueError:
+        raise ValueError(f"support_weights {support_weights!r}: the initial temperature after "
+                         "':' must be a number > 0, as in prototype:1.0.") from None
     if name not in CLASSIFICATION_LOSSES:
         raise ValueError(f"support_weights={support_weights!r} weights support examples by class "
                          f"agreement, which needs a classification loss "
                          f"({', '.join(CLASSIFICATION_LOSSES)} by name), not {name!r}.")
-    return SupportLoss(loss, PER_EXAMPLE_LOSSES[name], last_linear(model), reference.dtype)
+    return SupportLoss(loss, PER_EXAMPLE_LOSSES[name], last_linear(model), reference.dtype,
+                       temperature)

@@ -71,6 +71,7 @@ from mamlkit.experiments.vision_eval import (  # noqa: F401
     fine_tune_learner,
     maml_learner,
 )
+from mamlkit.noise import NoisySupportSampler, SupportNoise
 from mamlkit.train import meta_train
 
 
@@ -104,6 +105,10 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         from mamlkit.datasets.loader import EpisodeLoader
 
         tasks = EpisodeLoader(tasks, config.meta_batch_size, config.workers, seed=config.seed)
+    if config.train_support_noise:  # noise-aware meta-training: support labels only
+        tasks = NoisySupportSampler(tasks, SupportNoise(config.train_support_noise,
+                                                        config.train_noise_kind),
+                                    seed=config.seed, ways=config.ways)
     val = None
     if len(data["val"]):
         val = data["val"].sampler(config.ways, config.shots, eval_queries(config)).fixed_episodes(
