@@ -241,7 +241,9 @@ class Execution:
                 "meta_loss(batch)[0] from the step instead.")
         compiled: list[Any] = [None] * len(chunks)
         backend = self.compiled_backend(batch, mode) if backward is None else None
-        threads = self.learner.task_threads_for(batch)
+        watching = self.auto is not None and backend is None and backward is None
+        # Task threads serve the compiled path only (and auto's compile for it).
+        threads = self.learner.task_threads_for(batch) if backend is not None or watching else 1
         tick = time.perf_counter()
         if backend is not None:
             compiled = backend.backward(chunks, 1.0 / total, mode, threads)
@@ -267,7 +269,7 @@ class Execution:
                 learner.absorb(state)
             for k, v in {"loss": losses.detach(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
-        if self.auto is not None and backend is None and backward is None:
+        if watching:
             self.auto.observe(batch, chunks, mode, threads, time.perf_counter() - tick)
         return {k: v / total for k, v in sums.items()}
 
