@@ -54,6 +54,9 @@ METHODS = {
     "MAML + prototype weights": {"support_weights": "prototype"},
     "noise-aware MAML (train p=0.2)": {"train_noise": 0.2},
     "noise-aware MAML + prototype weights": {"train_noise": 0.2, "support_weights": "prototype"},
+    "MAML + robust-prototype weights": {"support_weights": "robust-prototype"},
+    "noise-aware MAML + robust-prototype weights (train p=0.2)": {
+        "train_noise": 0.2, "support_weights": "robust-prototype"},
 }
 """Label -> options: learner keyword arguments, plus ``algo`` (an algorithm name of
 :data:`mamlkit.algorithms.ALGORITHMS`, default maml) and ``train_noise`` (support noise rate during

@@ -179,3 +179,104 @@ def test_an_initial_temperature_can_start_the_weights_near_uniform():
         mamlkit.make_algorithm("anil", _model(), loss="cross_entropy", inner_loss="gce")
     with pytest.raises(ValueError, match="Unknown loss"):
         mamlkit.MAML(_model(), loss="cross_entropy", inner_loss="robust")
+
+
+def _plain_robust_weights(features, labels, ways, log_t, rounds=5):
+    """Reweighted leave-one-out prototype agreement, example by example: in each round every
+    other example counts in its class prototype by its agreement of the round before."""
+    feats = F.normalize(features, dim=-1)
+    n = len(labels)
+    weights = [torch.ones((), dtype=feats.dtype)] * n
+    for _ in range(rounds):
+        new = []
+        for i in range(n):
+            logits = {}
+            for k in range(ways):
+                members = [j for j in range(n) if labels[j] == k and j != i]
+                if members:
+                    proto = sum(weights[j] * feats[j] for j in members) / sum(
+                        weights[j] for j in members)
+                    logits[k] = -(feats[i] - proto).pow(2).sum() / log_t.exp()
+            own = int(labels[i])
+            new.append(logits[own].exp() / sum(v.exp() for v in logits.values())
+                       if own in logits else torch.ones((), dtype=feats.dtype))
+        weights = new
+    w = torch.stack(weights)
+    return w / w.mean()
+
+
+def _plain_start_weighted_meta_gradient(model, batch, lr, steps, per_example, log_t):
+    """Mean query loss when the weights come from the initialisation's features and are held
+    fixed: each inner gradient is sum_i (w_i / n) dl_i/dtheta (a vector-Jacobian product with
+    the weights as its vector), the outer gradient reaches the weights through create_graph."""
+    names = [n for n, _ in model.named_parameters()]
+    theta = [p for _, p in model.named_parameters()]
+    total = 0
+    for t in range(batch.num_tasks):
+        hidden0 = torch.tanh(batch.support_x[t] @ theta[0].T + theta[1])
+        w = _plain_robust_weights(hidden0, batch.support_y[t], 3, log_t)
+        fast = list(theta)
+        for _ in range(steps):
+            hidden = torch.tanh(batch.support_x[t] @ fast[0].T + fast[1])
+            per = per_example(hidden @ fast[2].T + fast[3], batch.support_y[t])
+            grads = torch.autograd.grad(per, fast, grad_outputs=w / len(w), create_graph=True)
+            fast = [p - lr * g for p, g in zip(fast, grads)]
+        logits = functional_call(model, dict(zip(names, fast)), (batch.query_x[t],))
+        total = total + F.cross_entropy(logits, batch.query_y[t])
+    return torch.autograd.grad(total / batch.num_tasks, theta + [log_t])
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("inner_loss", ["cross_entropy", "gce"])
+def test_robust_prototype_weights_meta_gradient_matches_a_plain_autograd_loop(batching,
+                                                                              inner_loss):
+    model = _model()
+    batch = _tasks()
+    learner = mamlkit.MAML(model, inner_lr=0.5, inner_steps=2, loss="cross_entropy",
+                           inner_loss=inner_loss, batching=batching,
+                           support_weights="robust-prototype:0.3")
+    learner.zero_grad()
+    learner.meta_backward(batch)
+    weighting = learner.support_objective.weighting
+    ours = [p.grad for p in model.parameters()] + [weighting.log_temperature.grad]
+    per_example = {"gce": lambda o, y: (1 - F.softmax(o, -1)[torch.arange(len(y)), y] ** 0.7) / 0.7,
+                   "cross_entropy": lambda o, y: F.cross_entropy(o, y, reduction="none")}[inner_loss]
+    log_t = weighting.log_temperature.detach().clone().requires_grad_()
+    expected = _plain_start_weighted_meta_gradient(model, batch, 0.5, 2, per_example, log_t)
+    assert ours[-1].abs() > 1e-8  # the temperature is meta-learned through the fixed weights
+    for a, b in zip(ours, expected):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10), (a - b).abs().max()
+
+
+def test_reweighting_rounds_stop_wrong_labels_pulling_their_prototype():
+    g = torch.Generator().manual_seed(1)
+    centers = 2 * torch.randn(3, 6, generator=g, dtype=torch.float64)
+    labels = torch.arange(3).repeat_interleave(5)
+    features = centers[labels] + 0.4 * torch.randn(15, 6, generator=g, dtype=torch.float64)
+    given = labels.clone()
+    given[[5, 6]] = 0  # two of class 1 labelled 0: class 0 holds 5 right and 2 wrong
+    one = PrototypeAgreement(0.3, rounds=1).double()(features, given, 3)
+    robust = PrototypeAgreement(0.3, rounds=5).double()(features, given, 3)
+    wrong, right = torch.tensor([5, 6]), torch.tensor([0, 1, 2, 3, 4])
+    assert robust[wrong].max() < one[wrong].max()
+    assert robust[wrong].max() < 0.5 * robust[right].min()
+    clean = PrototypeAgreement(0.3, rounds=5).double()(features, labels, 3)
+    assert (clean - 1).abs().max() < 0.2  # clean classes keep nearly equal weights
+    with pytest.raises(ValueError, match="at least one round"):
+        PrototypeAgreement(0.3, rounds=0)
+
+
+def test_robust_prototype_weights_are_refused_where_their_gradient_would_be_wrong():
+    with pytest.raises(ValueError, match="implicit gradient"):
+        mamlkit.make_algorithm("imaml", _model(), loss="cross_entropy",
+                               support_weights="robust-prototype")
+    with pytest.raises(ValueError, match="inner_checkpoint"):
+        mamlkit.MAML(_model(), loss="cross_entropy", support_weights="robust-prototype",
+                     inner_checkpoint=1)
+    # CAVIA adapts a context; its weights come from the features at the zero context.
+    model = nn.Sequential(nn.Linear(7, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    cavia = mamlkit.make_algorithm("cavia", model, loss="cross_entropy", context_dim=2,
+                                   support_weights="robust-prototype")
+    cavia.meta_backward(_tasks())
+    grad = cavia.support_objective.weighting.log_temperature.grad
+    assert grad is not None and torch.isfinite(grad) and grad.abs() > 0

@@ -115,9 +115,11 @@ class CAVIA(MetaLearner):
         model_params = {n: p for n, p in params.items() if n != CONTEXT}
         context = params[CONTEXT] if CONTEXT in params else self.initial_context(model_params)
         fixed = {n: p.detach() for n, p in model_params.items()} if first_order else model_params
+        weights = self.start_weights({**model_params, CONTEXT: context}, support_x, support_y,
+                                     first_order)
 
         def loss(fast: Params, step: int) -> tuple[Tensor, dict]:
-            return self.support_loss({**fixed, **fast}, support_x, support_y), {}
+            return self.support_loss({**fixed, **fast}, support_x, support_y, weights), {}
 
         return InnerProblem(start={CONTEXT: context}, loss=loss,
                             assemble=lambda fast, step: {**model_params, **fast})

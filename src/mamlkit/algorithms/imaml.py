@@ -115,6 +115,10 @@ class IMAML(MetaLearner):
             raise ValueError("iMAML's meta-gradient is implicit, never unrolled; drop first_order.")
         check_inner_optimizer(inner_optimizer, adam_betas, adam_eps)
         super().__init__(model, **kwargs)
+        if getattr(self.support_objective, "at_start", False):
+            raise ValueError("iMAML's implicit gradient sees the inner solution only through its "
+                             "proximal term, not through weights taken at the initialisation; use "
+                             "support_weights='prototype' with iMAML.")
         self.regularization = float(regularization)
         self.cg_steps = cg_steps
         self.inner_optimizer = Proximal(named_optimizer(inner_optimizer, FixedRates(self.inner_lr),

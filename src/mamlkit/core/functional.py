@@ -136,14 +136,29 @@ class FunctionalModel(nn.Module):
             )
         return _scalar_loss(self.loss_fn(outputs, y)), outputs
 
-    def support_loss(self, params: Params, x: Any, y: Any) -> Tensor:
+    def support_loss(self, params: Params, x: Any, y: Any, weights: Tensor | None = None
+                     ) -> Tensor:
         """The inner loop's loss of one task's support examples under ``params``: the task loss,
-        or ``inner_loss`` / ``support_weights`` where given (:class:`SupportLoss`)."""
+        or ``inner_loss`` / ``support_weights`` where given (:class:`SupportLoss`), with the
+        fixed ``weights`` of :meth:`start_weights` where it gives them."""
         if self.support_objective is None:
             return self.task_loss(params, x, y)[0]
         loss = self.support_objective(
-            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)
+            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y,
+            weights)
         return _scalar_loss(loss)
+
+    def start_weights(self, params: Params, x: Any, y: Any, first_order: bool = False
+                      ) -> Tensor | None:
+        """The support examples' weights held fixed through one task's inner loop
+        (``support_weights="robust-prototype"``), from the features under its starting
+        ``params`` (constants under ``first_order``); None for every other inner loss."""
+        objective = self.support_objective
+        if objective is None or not objective.at_start:
+            return None
+        weights = objective.start_weights(
+            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)
+        return weights.detach() if first_order else weights
 
     def predict(self, params: Params, x: Any) -> Any:
         """Model outputs for ``x`` under (adapted) ``params`` (as the model returns them)."""

@@ -103,7 +103,10 @@ class MetaLearner(FunctionalModel):
             (``"gce"``, ``"sce"``, ``"huber"``: :mod:`mamlkit.core.robust_losses`) or a callable.
         support_weights: ``"prototype"`` weights each support example of the inner loss by its
             agreement with its class prototype (:mod:`mamlkit.core.support_weights`, with a
-            meta-learned temperature), a remedy for wrong support labels; ``None``: equal weights.
+            meta-learned temperature), a remedy for wrong support labels; ``"robust-prototype"``
+            computes them once per task at the initialisation's features, by reweighted
+            prototypes, and holds them fixed through the inner loop (the stronger remedy,
+            ``docs/noise.md``); ``None``: equal weights.
         inner_checkpoint: keep the adapted parameters only every this many inner steps and
             recompute the steps between during the outer backward (0: off). The second-order
             meta-gradient is the same; the memory it holds no longer grows with the activations
@@ -171,6 +174,11 @@ class MetaLearner(FunctionalModel):
         self.first_order = first_order
         self.inner_lr = check_inner_lr(inner_lr, self.adapted_names, self.aliases)
         self.inner_optimizer: InnerOptimizer = SGD(FixedRates(self.inner_lr))
+        if inner_checkpoint and getattr(self.support_objective, "at_start", False):
+            raise ValueError("inner_checkpoint recomputes each step's support loss alone, but "
+                             "support_weights='robust-prototype' weights it from the first "
+                             "step's features; use support_weights='prototype' or drop "
+                             "inner_checkpoint.")
         self.inner_checkpoint = inner_checkpoint
         self.batching = batching
         self.chunk_size = chunk_size
@@ -196,9 +204,10 @@ class MetaLearner(FunctionalModel):
         """
         frozen = {n: p for n, p in params.items() if n not in self.adapted_names}
         frozen_inner = {n: p.detach() for n, p in frozen.items()} if first_order else frozen
+        weights = self.start_weights(params, support_x, support_y, first_order)
 
         def loss(fast: Params, step: int) -> tuple[Tensor, dict]:
-            return self.support_loss({**frozen_inner, **fast}, support_x, support_y), {}
+            return self.support_loss({**frozen_inner, **fast}, support_x, support_y, weights), {}
 
         return InnerProblem(start={n: params[n] for n in self.adapted_names}, loss=loss,
                             assemble=lambda fast, step: {**frozen, **fast})
