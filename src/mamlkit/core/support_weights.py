@@ -51,8 +51,9 @@ features; ``"robust-prototype"``: :data:`ROBUST_ROUNDS` reweighted rounds, once 
 starting parameters, then fixed (see the module doc)."""
 DEFAULT_TEMPERATURE = 0.1
 ROBUST_ROUNDS = 5
-"""Rounds of reweighting of ``"robust-prototype"``: on Omniglot 5-way 5-shot with 40% wrong
-labels the weights settle within about five (``docs/noise.md``)."""
+"""Rounds of reweighting of ``"robust-prototype"``. On Omniglot 5-way 5-shot with 40% wrong
+labels (MAML's features, 30 episodes, ``docs/noise.md``) one round cut MAML's accuracy drop from
+38.6 to 23.7 points, three to 18.0, five to 16.4, and ten gave no more (16.8)."""
 
 
 def last_linear(model: nn.Module) -> str:
