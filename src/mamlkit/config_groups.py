@@ -72,6 +72,11 @@ def _check_data(config: TrainConfig) -> None:
         raise ValueError(f"max_tokens must be >= 2, got {config.max_tokens}.")
     if config.train_support_noise:
         _check_train_support_noise(config)
+    smallest = 2 ** 4  # the cnn model's four max-pooling blocks each halve the side
+    if 0 < config.image_size < smallest and (config.model or "cnn") == "cnn":
+        raise ValueError(f"image_size={config.image_size} is too small for the cnn model's four "
+                         f"max-pooling blocks (each halves the side); use --image-size "
+                         f"{smallest} or more, or --model mlp.")
 
 
 def _check_train_support_noise(config: TrainConfig) -> None:

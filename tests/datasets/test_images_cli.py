@@ -95,6 +95,7 @@ def test_lake_benchmark_scores_twenty_runs_and_refuses_the_paper_split(run, data
     (["--class-split", "8,1,1"], "leaves 1 classes for meta-val"),
     (["--class-split", "4,3,3", "--shots", "10", "--queries", "5"], "smaller class(es) (e.g. 'digit"),
     (["--class-split", "a.txt,b.txt,c.txt"], "class-list file a.txt"),
+    (["--image-size", "12"], "image_size=12 is too small for the cnn model's four"),
 ])
 def test_bad_data_fails_before_a_run_folder_exists(trees, tmp_path, capsys, argv, message) -> None:
     run = tmp_path / "run"
