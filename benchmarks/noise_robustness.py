@@ -94,20 +94,47 @@ def train(label: str, options: dict, data: Omniglot, args: argparse.Namespace, p
     if options.get("train_noise"):
         sampler = NoisySupportSampler(sampler, SupportNoise(options["train_noise"]), seed=args.seed,
                                       ways=WAYS)
+    seconds, cpu_seconds = meta_train(label, learner, sampler, args.iterations,
+                                      args.meta_batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(learner.state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds,
+                                                     "train_cpu_seconds": cpu_seconds}))
+    print(f"{label}: {args.iterations} meta-iterations in {seconds:.0f} s "
+          f"({cpu_seconds:.0f} s of CPU)", flush=True)
+    return learner
+
+
+def meta_train(label: str, learner: mamlkit.MetaLearner, sampler, iterations: int,
+               meta_batch_size: int) -> tuple[float, float]:
+    """``iterations`` Adam steps on meta-batches of ``sampler``; wall and process CPU seconds."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
-    start = time.perf_counter()
-    for iteration in range(args.iterations):
+    start, cpu = time.perf_counter(), time.process_time()
+    for iteration in range(iterations):
         if iteration and iteration % 50 == 0:
             print(f"{label}: iteration {iteration}, {time.perf_counter() - start:.0f} s", flush=True)
         optimizer.zero_grad()
-        learner.meta_backward(sampler.sample(args.meta_batch_size))
+        learner.meta_backward(sampler.sample(meta_batch_size))
         optimizer.step()
-    seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(learner.state_dict(), path)
-    path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds}))
-    print(f"{label}: {args.iterations} meta-iterations in {seconds:.0f} s", flush=True)
-    return learner
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def training_cost(labels: list[str], data: Omniglot, args: argparse.Namespace) -> str:
+    """A table of the CPU seconds per meta-iteration of each method, timed in turn in this
+    process over ``args.cost`` iterations (nothing is cached)."""
+    rows = ["| method | CPU s per meta-iteration | ratio to MAML |", "|---|---|---|"]
+    costs = {}
+    for label in labels:
+        sampler = data.sampler(WAYS, args.shots, args.shots, seed=args.seed)
+        learner = learner_for(METHODS[label], args.seed)
+        meta_train(label, learner, sampler, 2, args.meta_batch_size)  # warm-up
+        costs[label] = meta_train(label, learner, sampler, args.cost, args.meta_batch_size)[1] \
+            / args.cost
+    base = costs.get("MAML")
+    for label, cost in costs.items():
+        rows.append(f"| {label} | {cost:.3f} | {cost / base:.2f} |" if base else
+                    f"| {label} | {cost:.3f} | |")
+    return "\n".join(rows)
 
 
 def title_of(args: argparse.Namespace) -> str:
@@ -159,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                              "episodes (OUT.scores.json files) instead of evaluating")
     parser.add_argument("--train-only", action="store_true",
                         help="meta-train (or load) the methods, evaluate nothing")
+    parser.add_argument("--cost", type=int, default=0, metavar="ITERATIONS",
+                        help="only time ITERATIONS meta-iterations of each method (CPU seconds "
+                             "per iteration) and print the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.merge:
@@ -167,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     root = data_root() / "omniglot"
     background = Omniglot(root, split="background")
     evaluation = Omniglot(root, split="evaluation")
+    if args.cost:
+        print(training_cost([label for label in METHODS if label in args.methods], background,
+                            args))
+        return 0
     tag = f"5w{args.shots}s-{args.iterations}it-b{args.meta_batch_size}-seed{args.seed}"
     learners = {label: train(label, METHODS[label], background, args,
                              args.cache / tag / f"{cache_name(label)}.pt")
