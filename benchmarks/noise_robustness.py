@@ -28,6 +28,7 @@ import torch
 import mamlkit
 from mamlkit.algorithms import ALGORITHMS
 from mamlkit.datasets.omniglot import Omniglot
+from mamlkit.evaluate import mean_ci
 from mamlkit.noise import NoisySupportSampler, SupportNoise, parse_rates
 from mamlkit.noise_protocol import (
     NoiseResult,
@@ -164,6 +165,31 @@ def merged_scores(paths: list[Path]) -> NoiseResult:
     return NoiseResult(scores, clean)
 
 
+def paired_gaps(result: NoiseResult, clean_reference: str = "MAML",
+                drop_reference: str = "prototypes (MAML's features)") -> str:
+    """Per-episode paired differences, mean ± 95% CI: each method's clean accuracy minus
+    ``clean_reference``'s, and its drop at every noisy setting minus ``drop_reference``'s (the
+    goal: a drop no larger than the prototypes' with clean accuracy within a point of MAML's)."""
+    if not {clean_reference, drop_reference} <= set(result.scores):
+        return ""
+    noisy = [n for n in result.scores[clean_reference] if n.rate > 0]
+    rows = ["| method | clean − " + clean_reference + " | " + " | ".join(
+        f"drop − prototypes' ({n.kind} {n.rate:g})" for n in noisy) + " |",
+        "|---|---|" + "---|" * len(noisy)]
+
+    def drop(method: str, noise: SupportNoise) -> torch.Tensor:
+        return result.scores[method][result.clean] - result.scores[method][noise]
+
+    for method, per in result.scores.items():
+        if method in (clean_reference, drop_reference):
+            continue
+        cells = [mean_ci(per[result.clean] - result.scores[clean_reference][result.clean])]
+        cells += [mean_ci(drop(method, n) - drop(drop_reference, n)) for n in noisy]
+        rows.append(f"| {method} | " + " | ".join(
+            f"{100 * e.mean:+.2f} ± {100 * e.ci95:.2f}" for e in cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--shots", type=int, default=5)
@@ -192,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.merge:
-        print(noise_table(merged_scores(args.merge), title=title_of(args)))
+        result = merged_scores(args.merge)
+        print(noise_table(result, title=title_of(args)) + "\n\n" + paired_gaps(result))
         return 0
     root = data_root() / "omniglot"
     background = Omniglot(root, split="background")
@@ -216,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
               for rate in parse_rates(args.rates)]
     start = time.perf_counter()
     result = evaluate_under_noise(methods, episodes, noises, seed=args.seed, ways=WAYS)
-    table = noise_table(result, title=title_of(args))
+    table = noise_table(result, title=title_of(args)) + "\n\n" + paired_gaps(result)
     print(table)
     print(f"evaluation: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     out = args.cache / tag
