@@ -51,9 +51,10 @@ features; ``"robust-prototype"``: :data:`ROBUST_ROUNDS` reweighted rounds, once 
 starting parameters, then fixed (see the module doc)."""
 DEFAULT_TEMPERATURE = 0.1
 ROBUST_ROUNDS = 5
-"""Rounds of reweighting of ``"robust-prototype"``. On Omniglot 5-way 5-shot with 40% wrong
-labels (MAML's features, 30 episodes, ``docs/noise.md``) one round cut MAML's accuracy drop from
-38.6 to 23.7 points, three to 18.0, five to 16.4, and ten gave no more (16.8)."""
+"""Rounds of reweighting of ``"robust-prototype"``, chosen in an exploratory run on Omniglot
+5-way 5-shot with 40% wrong labels (plain MAML's features, 30 episodes, ``docs/noise.md``): one
+round cut MAML's accuracy drop from 38.6 to 23.7 points, three to 18.0, five to 16.4, and ten
+gave no more (16.8)."""
 
 
 def last_linear(model: nn.Module) -> str:
