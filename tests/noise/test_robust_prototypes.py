@@ -74,5 +74,5 @@ def test_the_wrong_label_barely_moves_its_class_prototype() -> None:
 
 
 def test_weighted_prototypes_need_the_agreement_weights() -> None:
-    with pytest.raises(ValueError, match="pass support_weights='prototype' as well"):
+    with pytest.raises(ValueError, match="pass support_weights='prototype'"):
         ProtoMAML(_model(), weighted_prototypes=True)

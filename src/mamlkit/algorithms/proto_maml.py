@@ -39,7 +39,8 @@ class ProtoMAML(MetaLearner):
             bias) maps the embedding to one logit per class of the episode.
         head: module name of that ``nn.Linear`` (``"classifier"``, ``"2"`` in a Sequential).
         weighted_prototypes: count each support example in its class prototype by its
-            prototype-agreement weight (needs ``support_weights="prototype"``, whose weights,
+            prototype-agreement weight (needs ``support_weights="prototype"`` or
+            ``"robust-prototype"``, whose weights,
             meta-learned temperature included, also weight the inner loss): prototypes that
             discount examples whose label disagrees with the others of their class, for noisy
             support sets (``docs/noise.md``).
@@ -70,7 +71,8 @@ class ProtoMAML(MetaLearner):
         weighting = getattr(self.support_objective, "weighting", None)
         if self.weighted_prototypes and weighting is None:
             raise ValueError("ProtoMAML(weighted_prototypes=True) weights the prototypes by "
-                             "prototype agreement: pass support_weights='prototype' as well.")
+                             "prototype agreement: pass support_weights='prototype' (or "
+                             "'robust-prototype') as well.")
 
     def prototype_head(self, params: Params, support_x: Any, support_y: Tensor) -> Params:
         """``params`` with the head set from the support set's class prototypes under them."""
