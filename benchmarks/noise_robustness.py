@@ -56,6 +56,8 @@ METHODS = {
     "noise-aware MAML (train p=0.2)": {"train_noise": 0.2},
     "noise-aware MAML + prototype weights": {"train_noise": 0.2, "support_weights": "prototype"},
     "MAML + robust-prototype weights": {"support_weights": "robust-prototype"},
+    "MAML + GCE + robust-prototype weights": {"inner_loss": "gce",
+                                              "support_weights": "robust-prototype"},
     "noise-aware MAML + robust-prototype weights (train p=0.2)": {
         "train_noise": 0.2, "support_weights": "robust-prototype"},
 }
