@@ -156,8 +156,8 @@ class FunctionalModel(nn.Module):
         objective = self.support_objective
         if objective is None or not objective.at_start:
             return None
-        weights = objective.start_weights(
-            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)
+        weights = objective.weights_of(
+            self.model, lambda: select_output(self.functional_forward(params, x), self.output), y)[1]
         return weights.detach() if first_order else weights
 
     def predict(self, params: Params, x: Any) -> Any:

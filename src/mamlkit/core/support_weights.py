@@ -150,7 +150,7 @@ class SupportLoss(nn.Module):
         self.loss, self.per_example, self.feature_module = loss, per_example, feature_module
         self.at_start = at_start
         """Whether the weights are computed once, at the inner loop's starting parameters
-        (:meth:`start_weights`), and held fixed (``"robust-prototype"``)."""
+        (:meth:`weights_of` there), and held fixed (``"robust-prototype"``)."""
         self.weighting = (PrototypeAgreement(temperature, ROBUST_ROUNDS if at_start else 1)
                           .to(dtype) if feature_module is not None else None)
 
@@ -161,16 +161,11 @@ class SupportLoss(nn.Module):
             outputs = run()
         return outputs, self.weighting(captured[-1], labels, outputs.shape[-1])
 
-    def start_weights(self, model: nn.Module, run: Callable[[], Tensor], labels: Tensor
-                      ) -> Tensor | None:
-        """The weights held fixed through the inner loop, from the features ``run()`` computes
-        at its starting parameters; None unless :attr:`at_start`."""
-        return self.weights_of(model, run, labels)[1] if self.at_start else None
-
     def forward(self, model: nn.Module, run: Callable[[], Tensor], labels: Tensor,
                 weights: Tensor | None = None) -> Tensor:
         """The loss of the outputs ``run()`` computes for the support examples with ``labels``,
-        with the given fixed ``weights`` (:meth:`start_weights`) or ones computed now."""
+        with the given fixed ``weights`` (from the start of the inner loop) or ones computed
+        now."""
         if self.weighting is None:
             return self.loss(run(), labels)
         if weights is None:
