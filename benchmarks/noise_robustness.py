@@ -194,6 +194,11 @@ def paired_gaps(result: NoiseResult, clean_reference: str = "MAML",
     return "\n".join(rows)
 
 
+def report(result: NoiseResult, args: argparse.Namespace) -> str:
+    """The noise table of ``result`` with its paired gaps under it."""
+    return noise_table(result, title=title_of(args)) + "\n\n" + paired_gaps(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--shots", type=int, default=5)
@@ -222,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.merge:
-        result = merged_scores(args.merge)
-        print(noise_table(result, title=title_of(args)) + "\n\n" + paired_gaps(result))
+        print(report(merged_scores(args.merge), args))
         return 0
     root = data_root() / "omniglot"
     background = Omniglot(root, split="background")
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
               for rate in parse_rates(args.rates)]
     start = time.perf_counter()
     result = evaluate_under_noise(methods, episodes, noises, seed=args.seed, ways=WAYS)
-    table = noise_table(result, title=title_of(args)) + "\n\n" + paired_gaps(result)
+    table = report(result, args)
     print(table)
     print(f"evaluation: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     out = args.cache / tag
