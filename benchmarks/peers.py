@@ -15,7 +15,8 @@ footer); ``+eager`` and ``+compile`` set ``compile`` off and on. Implementations
 (``innerloop_ctx``), TorchOpt (``MetaSGD``), parallel-metalearn (``MAML.step`` with its ``vmap``
 and ``sequential`` backends, ``--metalearn``) when installed (``pip install -e .[bench]``), and a
 plain per-task loop with ``torch.autograd.grad`` that needs nothing. All get the same model,
-initialisation, data, thread count and Adam meta-optimiser. parallel-metalearn runs with its own
+initialisation, data, thread count and Adam meta-optimiser (PyTorch's fused Adam, what
+mamlkit's trainer uses: the same step for every implementation). parallel-metalearn runs with its own
 ``BatchNorm`` layer; its ``+bn2d`` variants keep PyTorch's ``nn.BatchNorm2d`` (``+bn2d-stats``
 with running statistics tracked) on the CNN workloads, to show how a stock module fares under
 its backends.

@@ -148,7 +148,8 @@ def worker(conn: Connection, impl: str, workload_fields: dict, device: str, thre
         batch = tuple(t.to(device) for t in make_batch(workload, seed + 1))
         meta_gradient, _, _ = _prepare(impl, workload, model)
         warmed = _warm_up(meta_gradient, batch)
-        optimizer = torch.optim.Adam(model.parameters(), lr=workload.meta_lr)
+        # The same Adam for every implementation: PyTorch's fused kernel, mamlkit's trainer's choice.
+        optimizer = torch.optim.Adam(model.parameters(), lr=workload.meta_lr, fused=True)
         cuda = device.startswith("cuda")
 
         def sync() -> None:

@@ -156,9 +156,10 @@ def test_compiled_objective_gives_the_eager_meta_gradient_without_recompiling(mo
     torch.testing.assert_close(again, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_compile_on_the_cpu_keeps_the_layout_of_convolutions(monkeypatch):
+def test_compile_on_the_cpu_keeps_the_layout_of_convolutions_and_runs_from_cpp(monkeypatch):
     """Inductor's channels-last choice for convolutions slows the CPU loop down: it is turned off
-    there (every torch.compile call of the learner gets the option)."""
+    there, and the graph runs from its C++ wrapper (every torch.compile call of the learner gets
+    both options)."""
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
     for batching in ("loop", "vmap"):
@@ -166,7 +167,8 @@ def test_compile_on_the_cpu_keeps_the_layout_of_convolutions(monkeypatch):
         learner.meta_backward(_image_batch(tasks=2))
         learner.meta_loss(_image_batch(tasks=2))
     assert len(seen) == 4
-    assert all(kw == {"dynamic": False, "options": {"layout_optimization": False}} for kw in seen)
+    assert all(kw == {"dynamic": False, "options": {"layout_optimization": False,
+                                                    "cpp_wrapper": True}} for kw in seen)
 
 
 def test_compile_failure_warns_and_runs_eagerly(monkeypatch):

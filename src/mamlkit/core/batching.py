@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from mamlkit.tasks.base import TaskBatch
 
 
-def vmap_blocker(model: nn.Module, batchnorm: str) -> str | None:
-    """Why ``model`` cannot be batched over tasks with ``vmap`` (a message naming the fix), or
-    None when nothing known prevents it."""
+def layer_vmap_blocker(model: nn.Module) -> str | None:
+    """Why ``model``'s layers cannot be batched over tasks whatever their mode (RNNs, Hugging
+    Face models), or None. Depends only on which layers the model has, so a caller may keep it."""
     rnn = next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
     if rnn is not None:
         return (f"The model contains {type(rnn).__name__} layers, whose fused kernels "
@@ -42,15 +42,28 @@ def vmap_blocker(model: nn.Module, batchnorm: str) -> str | None:
                 "data-dependent control flow (it tests whether the mask has padding), which "
                 "torch.func.vmap cannot batch over tasks; pass batching='loop' (or 'auto', which "
                 "picks it).")
-    if batchnorm == "module":
-        norm = next((m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                     and m.training and m.track_running_stats), None)
-        if norm is not None:
-            return (f"BatchNorm ({type(norm).__name__}) in train mode under batchnorm='module' "
-                    "updates its running statistics in place, which torch.func.vmap cannot do "
-                    "for all tasks at once; pass batching='loop' (or 'auto'), put the model in "
-                    "eval mode, or use batchnorm='transductive'.")
     return None
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers (the ones :func:`running_stats_blocker` looks at)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def running_stats_blocker(norms: list[nn.modules.batchnorm._BatchNorm], batchnorm: str
+                          ) -> str | None:
+    """Why vmap cannot run now: under the ``module`` policy a BatchNorm layer in train mode that
+    tracks running statistics updates them in place, one copy for all tasks; None otherwise.
+    Depends on the layers' current mode, so it is asked at every call."""
+    if batchnorm != "module":
+        return None
+    norm = next((m for m in norms if m.training and m.track_running_stats), None)
+    if norm is None:
+        return None
+    return (f"BatchNorm ({type(norm).__name__}) in train mode under batchnorm='module' "
+            "updates its running statistics in place, which torch.func.vmap cannot do "
+            "for all tasks at once; pass batching='loop' (or 'auto'), put the model in "
+            "eval mode, or use batchnorm='transductive'.")
 
 
 def refuse_vmap(error: Exception) -> RuntimeError:

@@ -56,23 +56,26 @@ def use_user_cache() -> str:
 def compile_for(fn: Callable[..., Any], device: torch.device, worker_threads: bool = False
                 ) -> Callable[..., Any]:
     """``torch.compile`` for one input shape, with the compiled artifacts cached across runs
-    (:func:`use_user_cache`); on the CPU without Inductor's channels-last layout
-    choice for convolutions, which makes the small-batch convolution backward passes of the inner
-    loop slower (W2: 17-18 instead of 20-21 ms per task; docs/performance.md).
+    (:func:`use_user_cache`). On the CPU the graph runs from C++ (``cpp_wrapper``) rather than
+    from a Python function that launches its kernels one by one (W1: 0.84-0.86x the time per
+    meta-iteration; on worker threads it also releases the GIL between kernels), and without
+    Inductor's channels-last layout choice for convolutions, which makes the small-batch
+    convolution backward passes of the inner loop slower (W2: 17-18 instead of 20-21 ms per
+    task). Measurements: docs/performance.md.
 
     ``worker_threads``: for calls on several threads at once (:mod:`mamlkit.core.task_threads`):
     one graph or an error (no Python between graphs, which would share the module between
-    threads), single-threaded kernels, and the graph run from C++ (``cpp_wrapper``) rather than
-    from a Python function that would hold the GIL between kernels (W3 on two workers: 170
-    instead of 270 ms per meta-iteration).
+    threads) and single-threaded kernels (W3 on two workers: 170 instead of 270 ms per
+    meta-iteration with the Python wrapper).
     """
     use_user_cache()
     if device.type != "cpu":
         return torch.compile(fn, dynamic=False)
+    options: dict[str, Any] = {"layout_optimization": False, "cpp_wrapper": True}
     if not worker_threads:
-        return torch.compile(fn, dynamic=False, options={"layout_optimization": False})
-    return torch.compile(fn, dynamic=False, fullgraph=True, options={
-        "layout_optimization": False, "cpp_wrapper": True, "cpp.threads": 1})
+        return torch.compile(fn, dynamic=False, options=options)
+    return torch.compile(fn, dynamic=False, fullgraph=True,
+                         options={**options, "cpp.threads": 1})
 
 
 class CompiledMetaGradient:

@@ -2,8 +2,8 @@
 or compiled, on one thread or on CPU task threads, with the fallbacks between them.
 
 The choice is made from the learner's settings (``batching``, ``chunk_size``, ``compile``,
-``task_threads``), from the model (:func:`~mamlkit.core.batching.vmap_blocker`, convolutions on
-the CPU) and from what the algorithm's class *declares* it supports
+``task_threads``), from the model (what :mod:`~mamlkit.core.batching` says ``vmap`` cannot
+batch, convolutions on the CPU) and from what the algorithm's class *declares* it supports
 (:attr:`~mamlkit.core.learner.MetaLearner.task_threads_safe`,
 :attr:`~mamlkit.core.learner.MetaLearner.compiled_meta_gradient`), never from which methods it
 overrides. Measurements behind the choices: ``docs/performance.md``.
@@ -23,7 +23,13 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 
 from mamlkit.core.auto_compile import AutoCompile
-from mamlkit.core.batching import iterate_chunks, refuse_vmap, vmap_blocker
+from mamlkit.core.batching import (
+    batch_norms,
+    iterate_chunks,
+    layer_vmap_blocker,
+    refuse_vmap,
+    running_stats_blocker,
+)
 from mamlkit.core.compiled import CompiledMetaGradient
 from mamlkit.core.kernels import explain_kernel_error
 from mamlkit.core.model_io import first_leaf, index_tree
@@ -70,25 +76,29 @@ class Execution:
         self.vmap_failed = False
         self.compiled = CompiledMetaGradient(learner)
         self.auto = AutoCompile(learner) if learner.compile_mode == "auto" else None
+        # What the model's layers are is read once (every meta-batch asks); their modes are not.
         self.has_conv = any(isinstance(m, _CONV_TYPES) for m in model.modules())
         self.draws_random = any(isinstance(m, _RANDOM_TYPES) for m in model.modules())
+        self.layer_blocker = layer_vmap_blocker(model)
+        self.batch_norms = batch_norms(model)
 
     # ------------------------------------------------------------------ choices
     def batching_for(self, batch: TaskBatch) -> str:
         """The batching mode for ``batch``.
 
         ``auto`` picks ``vmap`` except for models that cannot be batched over tasks (RNNs,
-        BatchNorm updating its running statistics: :func:`~mamlkit.core.batching.vmap_blocker`)
-        and convolutional models on the CPU, where one task at a
-        time (with PyTorch's fused normalisation kernels) is about as fast on small query sets,
-        much faster on large ones, and needs a fraction of the memory (vmapped convolutions turn
-        into grouped convolutions that the CPU kernels handle poorly, and every task's graph is
-        alive at once); it falls back to ``loop`` for any model that ``vmap`` cannot handle.
+        BatchNorm updating its running statistics: :mod:`mamlkit.core.batching`) and
+        convolutional models on the CPU, where one task at a time (with PyTorch's fused
+        normalisation kernels) is about as fast on small query sets, much faster on large ones,
+        and needs a fraction of the memory (vmapped convolutions turn into grouped convolutions
+        that the CPU kernels handle poorly, and every task's graph is alive at once); it falls
+        back to ``loop`` for any model that ``vmap`` cannot handle.
         Measurements: ``docs/performance.md``.
         """
         if self.learner.batching == "loop":
             return "loop"
-        blocker = vmap_blocker(self.learner.model, self.learner.batchnorm)
+        blocker = self.layer_blocker or running_stats_blocker(self.batch_norms,
+                                                              self.learner.batchnorm)
         if self.learner.batching == "vmap":
             if blocker is not None:
                 raise ValueError(blocker)

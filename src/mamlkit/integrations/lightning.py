@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from mamlkit.core.learner import MetaLearner
+from mamlkit.meta_optimizer import meta_optimizer
 from mamlkit.tasks.base import TaskBatch
 
 OBJECTIVES = ("meta_backward", "meta_loss")
@@ -86,12 +87,8 @@ class MetaLearningModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The outer optimizer over every trainable parameter of the learner."""
         params = [p for p in self.learner.parameters() if p.requires_grad]
-        lr, decay = self.hparams.meta_lr, self.hparams.weight_decay
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, weight_decay=decay)
-        if decay:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
-        return torch.optim.Adam(params, lr=lr)
+        return meta_optimizer(self.hparams.optimizer, params, self.hparams.meta_lr,
+                              self.hparams.weight_decay)
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
