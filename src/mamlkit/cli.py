@@ -185,7 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_on_main(lambda: check_resumable(run_dir, checkpoint_every), context)
         run_on_main(lambda: prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite),
                     context)
-        args.resume_hint = f"mamlkit train {args.task} --run-dir {run_dir} --resume"
+        args.resume_hint = (f"mamlkit train {args.task} --run-dir {run_dir} --resume"
+                            + (" --no-eval" if args.no_eval else ""))  # as the run was started
         say = print if context.is_main else (lambda *_: None)
         say(f"run directory: {run_dir}" + (f" ({context.world_size} processes, {context.backend})"
                                            if context.enabled else ""))

@@ -349,3 +349,22 @@ def test_interrupt_and_bug_outside_the_loop(tmp_path, capsys, monkeypatch, raise
     err = capsys.readouterr().err
     assert expected in err
     assert ("Traceback" in err) == (code == 1)
+
+
+def test_resume_hint_keeps_no_eval(tmp_path, capsys, monkeypatch) -> None:
+    """The command printed to continue an interrupted run is the one it was started with: a run
+    started with --no-eval is not evaluated when it is continued that way."""
+    import dataclasses
+
+    from mamlkit import cli
+    from mamlkit.experiments.regression import SINUSOID
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "get_experiment", lambda name: dataclasses.replace(
+        SINUSOID, train=interrupted))
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--run-dir", str(run), "--no-eval", *TINY]) == 130
+    assert f"Continue with: mamlkit train sinusoid --run-dir {run} --resume --no-eval" in \
+        capsys.readouterr().err
