@@ -57,7 +57,7 @@ def compile_for(fn: Callable[..., Any], device: torch.device, worker_threads: bo
                 ) -> Callable[..., Any]:
     """``torch.compile`` for one input shape, with the compiled artifacts cached across runs
     (:func:`use_user_cache`). On the CPU the graph runs from C++ (``cpp_wrapper``) rather than
-    from a Python function that launches its kernels one by one (W1: 0.84-0.86x the time per
+    from a Python function that launches its kernels one by one (W1: 0.84-0.96x the time per
     meta-iteration; on worker threads it also releases the GIL between kernels), and without
     Inductor's channels-last layout choice for convolutions, which makes the small-batch
     convolution backward passes of the inner loop slower (W2: 17-18 instead of 20-21 ms per
