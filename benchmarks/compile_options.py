@@ -36,7 +36,7 @@ import torch
 
 import mamlkit
 import mamlkit.core.compiled as compiled
-from mamlkit.meta_optimizer import meta_optimizer
+from mamlkit.outer_optimizer import meta_optimizer
 
 OPTION_SETS: dict[str, dict[str, Any]] = {
     "mamlkit": {},

@@ -27,6 +27,7 @@ from mamlkit.datasets import (
 from mamlkit.evaluate import evaluate_episodes
 from mamlkit.loop_config import LoopConfig
 from mamlkit.models import MLP, ConvNet, miniimagenet_cnn, omniglot_cnn, omniglot_mlp, sinusoid_mlp
+from mamlkit.outer_optimizer import meta_optimizer
 from mamlkit.runs import load_run
 from mamlkit.tasks import Linear, Sinusoid, TaskBatch
 from mamlkit.train import TrainResult, meta_train, train_loop
@@ -58,6 +59,7 @@ __all__ = [
     "evaluate_episodes",
     "load_run",
     "make_algorithm",
+    "meta_optimizer",
     "meta_train",
     "miniimagenet_cnn",
     "miniimagenet_tasks",

@@ -34,7 +34,7 @@ from mamlkit.distributed import (
     synchronize_step,
 )
 from mamlkit.loop_config import LoopConfig
-from mamlkit.meta_optimizer import meta_optimizer
+from mamlkit.outer_optimizer import meta_optimizer
 from mamlkit.run_guard import Outcome, StopFlags, all_finite
 from mamlkit.schedules import lr_factor
 from mamlkit.tasks.base import TaskBatch
@@ -53,7 +53,7 @@ class TaskSampler(Protocol):
 def build_optimizer(config: LoopConfig, params: Iterator[torch.nn.Parameter]
                     ) -> torch.optim.Optimizer:
     """The outer optimizer named by ``config.optimizer``
-    (:func:`mamlkit.meta_optimizer.meta_optimizer`: fused, AdamW when adam has weight decay)."""
+    (:func:`mamlkit.meta_optimizer`: fused, AdamW when adam has weight decay)."""
     return meta_optimizer(config.optimizer, params, config.meta_lr, config.weight_decay)
 
 

@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from mamlkit.core.learner import MetaLearner
-from mamlkit.meta_optimizer import meta_optimizer
+from mamlkit.outer_optimizer import meta_optimizer
 from mamlkit.tasks.base import TaskBatch
 
 OBJECTIVES = ("meta_backward", "meta_loss")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mamlkit.meta_optimizer import fusable, meta_optimizer
+from mamlkit.outer_optimizer import fusable, meta_optimizer
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
